@@ -1,0 +1,102 @@
+//! The ops API over inquiries and channels (bearer `api.ops_token`).
+
+use std::collections::HashMap;
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::HeaderMap;
+
+use super::{ApiError, AppState, require_ops, settings};
+use crate::inquiry::Status;
+use crate::store::{InquiryDetail, InquiryFilter};
+
+const DEFAULT_LIMIT: u32 = 50;
+const MAX_LIMIT: u32 = 500;
+
+/// `GET /api/v1/inquiries/{reference}`
+pub(super) async fn show(
+    state: State<AppState>,
+    Path(reference): Path<String>,
+    headers: HeaderMap,
+) -> Result<Json<InquiryDetail>, ApiError> {
+    require_ops(&settings(&state), &headers)?;
+    state
+        .store
+        .inquiry(&reference)
+        .await?
+        .map(Json)
+        .ok_or_else(|| ApiError::NotFound(format!("no inquiry {reference}")))
+}
+
+/// `GET /api/v1/inquiries?status=&channel=&limit=&cursor=`, newest first.
+pub(super) async fn list(
+    state: State<AppState>,
+    Query(params): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    require_ops(&settings(&state), &headers)?;
+    let filter = parse_filter(&params)?;
+    let page = state.store.list_inquiries(&filter).await?;
+    Ok(Json(serde_json::json!({
+        "inquiries": page.inquiries,
+        "next_cursor": page.next,
+    })))
+}
+
+fn parse_filter(params: &HashMap<String, String>) -> Result<InquiryFilter, ApiError> {
+    let mut filter = InquiryFilter {
+        limit: DEFAULT_LIMIT,
+        ..InquiryFilter::default()
+    };
+    for (key, value) in params {
+        match key.as_str() {
+            "status" => {
+                filter.status = Some(value.parse::<Status>().map_err(|_| {
+                    ApiError::BadRequest(format!(
+                        "`status` must be one of open, offered, assigned, resolved (got `{value}`)"
+                    ))
+                })?)
+            }
+            "channel" => filter.channel = Some(value.clone()),
+            "limit" => {
+                filter.limit = value
+                    .parse::<u32>()
+                    .ok()
+                    .filter(|n| (1..=MAX_LIMIT).contains(n))
+                    .ok_or_else(|| {
+                        ApiError::BadRequest(format!("`limit` must be an integer from 1 to {MAX_LIMIT}"))
+                    })?
+            }
+            "cursor" => filter.before = Some(value.clone()),
+            other => {
+                return Err(ApiError::BadRequest(format!(
+                    "unknown query parameter `{other}` (expected status, channel, limit, cursor)"
+                )));
+            }
+        }
+    }
+    Ok(filter)
+}
+
+/// `GET /api/v1/channels`: configured channel instances.
+pub(super) async fn channels(
+    state: State<AppState>,
+    headers: HeaderMap,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let settings = settings(&state);
+    require_ops(&settings, &headers)?;
+    let list: Vec<_> = settings
+        .channels
+        .ids()
+        .into_iter()
+        .map(|id| {
+            serde_json::json!({
+                "channel": id.to_string(),
+                "adapter": id.adapter,
+                "name": id.name,
+                "can_reply": settings.channels.can_reply(&id),
+            })
+        })
+        .collect();
+    Ok(Json(serde_json::json!({ "channels": list })))
+}

@@ -1,0 +1,19 @@
+//! Switchboard: an omnichannel inquiry router.
+//!
+//! The modules follow the data flow: [`channels`] normalize provider
+//! messages into [`inquiry::NewMessage`]s, the [`pipeline`] commits them to
+//! the [`store`] with their acknowledgement, and the [`outbox`] delivers
+//! that acknowledgement. [`api`] is the HTTP face and [`daemon`] wires it
+//! all and owns the lifecycle.
+
+pub mod api;
+pub mod channels;
+pub mod cli;
+pub mod config;
+pub mod daemon;
+pub mod inquiry;
+pub mod metrics;
+pub mod outbox;
+pub mod pipeline;
+pub mod store;
+pub mod templates;

@@ -1,0 +1,201 @@
+//! The outbox dispatcher: delivers committed acknowledgements (and, later,
+//! notifications) through their channel, with retries, backoff and jitter.
+//!
+//! Entries are written by the same transaction that creates the inquiry, so
+//! a crash cannot lose one. Delivery is at-least-once: an entry whose
+//! delivery succeeded but whose "sent" record did not commit before a crash
+//! is sent again after restart, with the same `delivery_id` so the receiver
+//! can drop the copy.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use chrono::Utc;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::channels::{DeliveryError, Outbound};
+use crate::config::{OutboxConfig, Settings};
+use crate::store::{DeliveryRecord, DeliveryResult, OutboxEntry, Store};
+use crate::templates::{AckContext, DEFAULT_ACK};
+
+/// Delivers due outbox entries until shut down.
+pub struct Dispatcher {
+    store: Arc<Store>,
+    settings: Arc<ArcSwap<Settings>>,
+    http: reqwest::Client,
+}
+
+impl Dispatcher {
+    pub fn new(store: Arc<Store>, settings: Arc<ArcSwap<Settings>>) -> Self {
+        let http = reqwest::Client::builder()
+            .user_agent(concat!("switchboard/", env!("CARGO_PKG_VERSION")))
+            .connect_timeout(Duration::from_secs(5))
+            .build()
+            .expect("the HTTP client builds with static settings");
+        Dispatcher {
+            store,
+            settings,
+            http,
+        }
+    }
+
+    /// Runs until `shutdown` fires, then lets in-flight deliveries finish
+    /// (the caller bounds how long it waits).
+    pub async fn run(self, shutdown: CancellationToken) {
+        let this = Arc::new(self);
+        let wake = this.store.outbox_wake();
+        let mut in_flight = JoinSet::new();
+        loop {
+            let config = this.settings.load().outbox.clone();
+            let room = config.concurrency.saturating_sub(in_flight.len());
+            if room > 0 {
+                match this.store.claim_due(room).await {
+                    Ok(entries) => {
+                        for entry in entries {
+                            let this = this.clone();
+                            in_flight.spawn(async move { this.deliver(entry).await });
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "cannot read the outbox"),
+                }
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = wake.notified() => {}
+                Some(_) = in_flight.join_next(), if !in_flight.is_empty() => {}
+                _ = tokio::time::sleep(config.poll_interval) => {}
+            }
+        }
+        tracing::info!(in_flight = in_flight.len(), "outbox dispatcher draining");
+        while in_flight.join_next().await.is_some() {}
+    }
+
+    async fn deliver(&self, entry: OutboxEntry) {
+        let settings = self.settings.load_full();
+        let config = &settings.outbox;
+        let attempt = entry.attempts + 1;
+        let result = match self.render(&settings, &entry) {
+            Err(error) => Err(DeliveryError::Permanent(error)),
+            Ok(out) => {
+                let send = settings.channels.deliver(&self.http, &entry.channel, &out);
+                match tokio::time::timeout(config.request_timeout, send).await {
+                    Ok(r) => r.map(|()| out.text),
+                    Err(_) => Err(DeliveryError::Transient("timed out".into())),
+                }
+            }
+        };
+        let outcome = match &result {
+            Ok(_) => "sent",
+            Err(DeliveryError::Permanent(_)) => "failed",
+            Err(_) if attempt >= config.max_attempts => "failed",
+            Err(_) => "retry",
+        };
+        metrics::counter!("switchboard_outbox_deliveries_total", "channel" => entry.channel.clone(), "outcome" => outcome)
+            .increment(1);
+        let result = match result {
+            Ok(text) => DeliveryResult::Sent { text },
+            Err(DeliveryError::Permanent(error)) => DeliveryResult::Failed { error },
+            Err(e) if attempt >= config.max_attempts => DeliveryResult::Failed {
+                error: format!("gave up after {attempt} attempts: {e}"),
+            },
+            Err(e) => {
+                let mut delay = backoff(config, attempt);
+                if let DeliveryError::RetryAfter { after, .. } = &e {
+                    delay = delay.max(*after);
+                }
+                DeliveryResult::Retry {
+                    error: e.to_string(),
+                    next_attempt_at: Utc::now()
+                        + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::MAX),
+                }
+            }
+        };
+        match &result {
+            DeliveryResult::Sent { .. } => {
+                tracing::info!(inquiry = %entry.reference, outbox_id = entry.id, attempt, "acknowledgement sent")
+            }
+            DeliveryResult::Retry { error, .. } => {
+                tracing::warn!(inquiry = %entry.reference, outbox_id = entry.id, attempt, error, "delivery failed; will retry")
+            }
+            DeliveryResult::Failed { error } => {
+                tracing::error!(inquiry = %entry.reference, outbox_id = entry.id, attempt, error, "delivery failed for good")
+            }
+        }
+        let record = DeliveryRecord {
+            outbox_id: entry.id,
+            inquiry_id: entry.inquiry_id,
+            kind: entry.kind.clone(),
+            attempt,
+            result,
+        };
+        if let Err(e) = self.store.record_delivery(record).await {
+            // The entry stays pending and is delivered again after restart.
+            tracing::error!(outbox_id = entry.id, error = %e, "cannot record delivery");
+            self.store.release(entry.id);
+        }
+    }
+
+    fn render(&self, settings: &Settings, entry: &OutboxEntry) -> Result<Outbound, String> {
+        let field = |name: &str| entry.payload.get(name).and_then(|v| v.as_str());
+        let template = field("template").unwrap_or(DEFAULT_ACK);
+        let language = field("language").unwrap_or("en");
+        let ctx = AckContext {
+            reference: entry.reference.as_str(),
+            customer_name: entry.customer_name.as_deref(),
+            subject: entry.subject.as_deref(),
+            channel: &entry.channel,
+            language,
+        };
+        let text = settings
+            .templates
+            .render(template, &ctx)
+            .map_err(|e| e.to_string())?;
+        Ok(Outbound {
+            delivery_id: entry.id,
+            inquiry: entry.reference.0.clone(),
+            in_reply_to: field("in_reply_to").unwrap_or_default().to_owned(),
+            text,
+            reply_context: entry
+                .payload
+                .get("reply_context")
+                .cloned()
+                .unwrap_or_default(),
+        })
+    }
+}
+
+/// Exponential backoff with jitter: the `attempt`-th retry waits between
+/// half and all of `initial · 2^(attempt-1)`, capped at `max_backoff`.
+pub fn backoff(config: &OutboxConfig, attempt: u32) -> Duration {
+    let exp = attempt.saturating_sub(1).min(30);
+    let full = config
+        .initial_backoff
+        .saturating_mul(1u32 << exp)
+        .min(config.max_backoff);
+    let half = full / 2;
+    half + half.mul_f64(fastrand::f64())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_with_jitter_and_caps() {
+        let config = OutboxConfig {
+            initial_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(2),
+            ..OutboxConfig::default()
+        };
+        for _ in 0..100 {
+            let first = backoff(&config, 1);
+            assert!(first >= Duration::from_millis(50) && first <= Duration::from_millis(100));
+            let third = backoff(&config, 3);
+            assert!(third >= Duration::from_millis(200) && third <= Duration::from_millis(400));
+            let late = backoff(&config, 40);
+            assert!(late >= Duration::from_secs(1) && late <= Duration::from_secs(2));
+        }
+    }
+}

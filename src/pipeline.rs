@@ -1,0 +1,74 @@
+//! The one place that walks an inbound message through the core:
+//! decide the acknowledgement → commit (inquiry, message, events and outbox
+//! entry in one transaction) → count it.
+//!
+//! Rules and routing slot in here: rules before the commit (they only read
+//! the message), routing after it (it needs the committed inquiry).
+
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+
+use crate::config::Settings;
+use crate::inquiry::NewMessage;
+use crate::store::{AckPlan, Intake, IntakeOutcome, Store, StoreError};
+use crate::templates::DEFAULT_ACK;
+
+#[derive(Debug, Clone)]
+pub struct Pipeline {
+    store: Arc<Store>,
+    settings: Arc<ArcSwap<Settings>>,
+}
+
+impl Pipeline {
+    pub fn new(store: Arc<Store>, settings: Arc<ArcSwap<Settings>>) -> Self {
+        Pipeline { store, settings }
+    }
+
+    /// Commits `message` durably; only after this returns `Ok` may the
+    /// provider be told we have it.
+    pub async fn accept(&self, message: NewMessage) -> Result<IntakeOutcome, StoreError> {
+        let channel = message.channel.to_string();
+        let ack = self.ack_plan(&message);
+        let outcome = self.store.intake(Intake { message, ack }).await?;
+        if outcome.duplicate {
+            metrics::counter!("switchboard_intake_duplicates_total", "channel" => channel.clone())
+                .increment(1);
+        } else {
+            metrics::counter!("switchboard_messages_received_total", "channel" => channel.clone())
+                .increment(1);
+            if outcome.opened {
+                metrics::counter!("switchboard_inquiries_received_total", "channel" => channel.clone())
+                    .increment(1);
+            }
+        }
+        tracing::debug!(
+            channel,
+            inquiry = %outcome.inquiry,
+            duplicate = outcome.duplicate,
+            opened = outcome.opened,
+            "message committed"
+        );
+        Ok(outcome)
+    }
+
+    fn ack_plan(&self, message: &NewMessage) -> AckPlan {
+        if let Some(reason) = &message.no_ack_reason {
+            return AckPlan::Skip {
+                reason: reason.clone(),
+            };
+        }
+        let settings = self.settings.load();
+        if !settings.channels.can_reply(&message.channel) {
+            return AckPlan::Skip {
+                reason: "the channel has no reply address configured".into(),
+            };
+        }
+        AckPlan::Send {
+            template: DEFAULT_ACK.to_owned(),
+            language: settings
+                .templates
+                .resolve_language(DEFAULT_ACK, message.language.as_deref()),
+        }
+    }
+}

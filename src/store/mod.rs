@@ -1,0 +1,255 @@
+//! Persistence: inquiries, messages, thread keys, the event log and the
+//! outbox, in SQLite (WAL, `synchronous=FULL`).
+//!
+//! Every write goes through one writer task ([`writer`]) that commits
+//! whatever is queued in one transaction: many concurrent intakes share one
+//! fsync, and the writer never contends with itself for SQLite's lock. A
+//! caller's future resolves only after its transaction is durable, which is
+//! what lets the API answer a provider 2xx. Reads use a separate pool.
+
+mod reads;
+mod writer;
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::str::FromStr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, TimeZone, Utc};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{ConnectOptions, SqlitePool};
+use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+use crate::config::StoreConfig;
+use crate::inquiry::{NewMessage, Reference};
+
+pub use reads::{
+    EventRecord, InquiryDetail, InquiryFilter, InquiryPage, MessageRecord, OutboxCounts,
+    OutboxEntry, OutboxRecord,
+};
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+
+/// Store failures. Callers on the intake path turn these into 503 so the
+/// provider retries: nothing is acknowledged that was not committed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("schema migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("cannot prepare the database folder {path}: {source}")]
+    Folder {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("store URL `{0}` is not a sqlite:// URL")]
+    BadUrl(String),
+    #[error("the store is shutting down")]
+    Closed,
+    #[error("stored data is inconsistent: {0}")]
+    Corrupt(String),
+}
+
+/// What to do about acknowledging a message, decided before the commit
+/// (by rules, later) and applied only if the message opens an inquiry:
+/// replies on an open inquiry are not acknowledged again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AckPlan {
+    Send { template: String, language: String },
+    Skip { reason: String },
+}
+
+/// One message to commit.
+#[derive(Debug, Clone)]
+pub struct Intake {
+    pub message: NewMessage,
+    pub ack: AckPlan,
+}
+
+/// What the commit did with a message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IntakeOutcome {
+    pub inquiry: Reference,
+    pub inquiry_id: i64,
+    /// The provider sent this message before; nothing was written.
+    pub duplicate: bool,
+    /// The message opened a new inquiry (false: attached to an open one).
+    pub opened: bool,
+}
+
+/// The result of one delivery attempt of an outbox entry.
+#[derive(Debug, Clone)]
+pub enum DeliveryResult {
+    Sent { text: String },
+    Retry { error: String, next_attempt_at: DateTime<Utc> },
+    Failed { error: String },
+}
+
+/// One delivery attempt to record.
+#[derive(Debug, Clone)]
+pub struct DeliveryRecord {
+    pub outbox_id: i64,
+    pub inquiry_id: i64,
+    pub kind: String,
+    pub attempt: u32,
+    pub result: DeliveryResult,
+}
+
+/// The handle every part of the daemon shares.
+#[derive(Debug)]
+pub struct Store {
+    pool: SqlitePool,
+    jobs: mpsc::Sender<writer::Job>,
+    writer: Mutex<Option<JoinHandle<()>>>,
+    shutdown: tokio_util::sync::CancellationToken,
+    outbox_wake: Arc<Notify>,
+    /// Outbox ids handed to the dispatcher and not yet recorded: with one
+    /// process per SQLite file this is the whole claim protocol.
+    in_flight: Mutex<HashSet<i64>>,
+}
+
+impl Store {
+    /// Opens (creating if needed) the database at `config.url`, applies
+    /// migrations and starts the writer.
+    pub async fn open(config: &StoreConfig) -> Result<Arc<Store>, StoreError> {
+        let options = SqliteConnectOptions::from_str(&config.url)
+            .map_err(|_| StoreError::BadUrl(config.url.clone()))?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(10))
+            .log_statements(tracing::log::LevelFilter::Trace);
+        if let Some(dir) = options.get_filename().parent()
+            && !dir.as_os_str().is_empty()
+        {
+            std::fs::create_dir_all(dir).map_err(|source| StoreError::Folder {
+                path: dir.display().to_string(),
+                source,
+            })?;
+        }
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options.clone())
+            .await?;
+        MIGRATOR.run(&pool).await?;
+        let conn = options.connect().await?;
+        let (jobs, rx) = mpsc::channel(config.max_batch * 8);
+        let outbox_wake = Arc::new(Notify::new());
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let handle = writer::spawn(conn, rx, config.max_batch, outbox_wake.clone(), shutdown.clone())
+            .await?;
+        Ok(Arc::new(Store {
+            pool,
+            jobs,
+            writer: Mutex::new(Some(handle)),
+            shutdown,
+            outbox_wake,
+            in_flight: Mutex::new(HashSet::new()),
+        }))
+    }
+
+    /// Commits one inbound message (durably) and says what became of it.
+    pub async fn intake(&self, intake: Intake) -> Result<IntakeOutcome, StoreError> {
+        let (tx, rx) = oneshot::channel();
+        self.submit(writer::Job::Intake(Box::new(intake), tx)).await?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Records a delivery attempt, with its event, and releases the entry.
+    pub async fn record_delivery(&self, record: DeliveryRecord) -> Result<(), StoreError> {
+        let id = record.outbox_id;
+        let (tx, rx) = oneshot::channel();
+        self.submit(writer::Job::Delivery(record, tx)).await?;
+        let result = rx.await.map_err(|_| StoreError::Closed)?;
+        self.in_flight.lock().expect("in_flight lock").remove(&id);
+        result
+    }
+
+    /// Hands out up to `limit` outbox entries due now that are not already
+    /// being delivered. Each must come back through [`Store::record_delivery`]
+    /// or [`Store::release`].
+    pub async fn claim_due(&self, limit: usize) -> Result<Vec<OutboxEntry>, StoreError> {
+        let busy: Vec<i64> = self.in_flight.lock().expect("in_flight lock").iter().copied().collect();
+        let entries = reads::due_outbox(&self.pool, to_ms(Utc::now()), limit + busy.len()).await?;
+        let mut in_flight = self.in_flight.lock().expect("in_flight lock");
+        let mut claimed = Vec::new();
+        for e in entries {
+            if claimed.len() == limit {
+                break;
+            }
+            if in_flight.insert(e.id) {
+                claimed.push(e);
+            }
+        }
+        Ok(claimed)
+    }
+
+    /// Gives back a claimed entry without recording an attempt (shutdown).
+    pub fn release(&self, outbox_id: i64) {
+        self.in_flight.lock().expect("in_flight lock").remove(&outbox_id);
+    }
+
+    /// Woken whenever a commit adds outbox entries.
+    pub fn outbox_wake(&self) -> Arc<Notify> {
+        self.outbox_wake.clone()
+    }
+
+    pub async fn inquiry(&self, reference: &str) -> Result<Option<InquiryDetail>, StoreError> {
+        reads::inquiry_detail(&self.pool, reference).await
+    }
+
+    pub async fn list_inquiries(&self, filter: &InquiryFilter) -> Result<InquiryPage, StoreError> {
+        reads::list_inquiries(&self.pool, filter).await
+    }
+
+    pub async fn outbox_counts(&self) -> Result<OutboxCounts, StoreError> {
+        reads::outbox_counts(&self.pool).await
+    }
+
+    /// Readiness: the database answers and the writer is running.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        if self.jobs.is_closed() {
+            return Err(StoreError::Closed);
+        }
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    /// Stops taking writes, commits what is queued, and waits for the
+    /// writer to finish. Later writes fail with [`StoreError::Closed`].
+    pub async fn close(&self) {
+        self.shutdown.cancel();
+        let handle = self.writer.lock().expect("writer lock").take();
+        if let Some(handle) = handle
+            && let Err(e) = handle.await
+        {
+            tracing::error!(error = %e, "store writer task failed");
+        }
+        self.pool.close().await;
+    }
+
+    async fn submit(&self, job: writer::Job) -> Result<(), StoreError> {
+        if self.shutdown.is_cancelled() {
+            return Err(StoreError::Closed);
+        }
+        self.jobs.send(job).await.map_err(|_| StoreError::Closed)
+    }
+}
+
+/// The file behind a `sqlite://` URL, for tools and tests.
+pub fn sqlite_path(url: &str) -> Option<&Path> {
+    let rest = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:"))?;
+    Some(Path::new(rest.split('?').next().unwrap_or(rest)))
+}
+
+pub(crate) fn to_ms(t: DateTime<Utc>) -> i64 {
+    t.timestamp_millis()
+}
+
+pub(crate) fn from_ms(ms: i64) -> DateTime<Utc> {
+    Utc.timestamp_millis_opt(ms).single().unwrap_or_default()
+}

@@ -1,0 +1,276 @@
+//! Read queries: the inquiry API's views, due outbox entries, counts for
+//! metrics. They run on the read pool, concurrently with the writer (WAL).
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::sqlite::SqliteRow;
+use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
+
+use super::{StoreError, from_ms};
+use crate::inquiry::{Customer, Inquiry, Reference, Status};
+
+/// An inquiry with everything the API shows about it.
+#[derive(Debug, Clone, Serialize)]
+pub struct InquiryDetail {
+    #[serde(flatten)]
+    pub inquiry: Inquiry,
+    pub messages: Vec<MessageRecord>,
+    pub events: Vec<EventRecord>,
+    pub outbox: Vec<OutboxRecord>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct MessageRecord {
+    pub provider_id: String,
+    pub received_at: DateTime<Utc>,
+    pub sender: serde_json::Value,
+    pub subject: Option<String>,
+    pub text: String,
+    pub language: Option<String>,
+    pub attachments: serde_json::Value,
+    pub metadata: serde_json::Value,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct EventRecord {
+    pub at: DateTime<Utc>,
+    pub kind: String,
+    pub detail: serde_json::Value,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct OutboxRecord {
+    pub id: i64,
+    pub kind: String,
+    pub channel: String,
+    pub status: String,
+    pub attempts: i64,
+    pub last_error: Option<String>,
+}
+
+/// Filters of `GET /api/v1/inquiries`.
+#[derive(Debug, Clone, Default)]
+pub struct InquiryFilter {
+    pub status: Option<Status>,
+    pub channel: Option<String>,
+    pub limit: u32,
+    /// Only inquiries older than the one with this reference (the cursor).
+    pub before: Option<String>,
+}
+
+/// One page of inquiries, newest first.
+#[derive(Debug, Clone)]
+pub struct InquiryPage {
+    pub inquiries: Vec<Inquiry>,
+    /// Pass as `before` to get the next page; `None` on the last.
+    pub next: Option<Reference>,
+}
+
+/// An outbox entry due for delivery, with what rendering needs.
+#[derive(Debug, Clone)]
+pub struct OutboxEntry {
+    pub id: i64,
+    pub inquiry_id: i64,
+    pub kind: String,
+    pub channel: String,
+    pub payload: serde_json::Value,
+    pub attempts: u32,
+    pub reference: Reference,
+    pub customer_name: Option<String>,
+    pub subject: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OutboxCounts {
+    pub pending: i64,
+    pub sent: i64,
+    pub failed: i64,
+}
+
+const INQUIRY_COLUMNS: &str = "id, reference, status, urgency, channel, medium, customer_name, customer_email, \
+     customer_phone, customer_handle, subject, language, created_at, updated_at";
+
+fn inquiry_from_row(row: &SqliteRow) -> Result<Inquiry, StoreError> {
+    let corrupt = |e: crate::inquiry::UnknownValue| StoreError::Corrupt(e.to_string());
+    Ok(Inquiry {
+        id: row.try_get("id")?,
+        reference: Reference(row.try_get("reference")?),
+        status: row.try_get::<String, _>("status")?.parse().map_err(corrupt)?,
+        urgency: row.try_get::<String, _>("urgency")?.parse().map_err(corrupt)?,
+        channel: row.try_get("channel")?,
+        medium: row.try_get::<String, _>("medium")?.parse().map_err(corrupt)?,
+        customer: Customer {
+            name: row.try_get("customer_name")?,
+            email: row.try_get("customer_email")?,
+            phone: row.try_get("customer_phone")?,
+            handle: row.try_get("customer_handle")?,
+        },
+        subject: row.try_get("subject")?,
+        language: row.try_get("language")?,
+        created_at: from_ms(row.try_get("created_at")?),
+        updated_at: from_ms(row.try_get("updated_at")?),
+    })
+}
+
+fn json_column(row: &SqliteRow, name: &str) -> Result<serde_json::Value, StoreError> {
+    let text: String = row.try_get(name)?;
+    serde_json::from_str(&text).map_err(|e| StoreError::Corrupt(format!("column {name}: {e}")))
+}
+
+pub(super) async fn inquiry_detail(
+    pool: &SqlitePool,
+    reference: &str,
+) -> Result<Option<InquiryDetail>, StoreError> {
+    let mut q = QueryBuilder::<Sqlite>::new(format!("SELECT {INQUIRY_COLUMNS} FROM inquiries WHERE reference = "));
+    q.push_bind(reference.to_ascii_uppercase());
+    let Some(row) = q.build().fetch_optional(pool).await? else {
+        return Ok(None);
+    };
+    let inquiry = inquiry_from_row(&row)?;
+
+    let rows = sqlx::query(
+        "SELECT provider_id, received_at, sender, subject, body, language, attachments, metadata \
+         FROM messages WHERE inquiry_id = $1 ORDER BY id",
+    )
+    .bind(inquiry.id)
+    .fetch_all(pool)
+    .await?;
+    let messages = rows
+        .iter()
+        .map(|r| {
+            Ok(MessageRecord {
+                provider_id: r.try_get("provider_id")?,
+                received_at: from_ms(r.try_get("received_at")?),
+                sender: json_column(r, "sender")?,
+                subject: r.try_get("subject")?,
+                text: r.try_get("body")?,
+                language: r.try_get("language")?,
+                attachments: json_column(r, "attachments")?,
+                metadata: json_column(r, "metadata")?,
+            })
+        })
+        .collect::<Result<_, StoreError>>()?;
+
+    let rows = sqlx::query("SELECT at, kind, detail FROM inquiry_events WHERE inquiry_id = $1 ORDER BY id")
+        .bind(inquiry.id)
+        .fetch_all(pool)
+        .await?;
+    let events = rows
+        .iter()
+        .map(|r| {
+            Ok(EventRecord {
+                at: from_ms(r.try_get("at")?),
+                kind: r.try_get("kind")?,
+                detail: json_column(r, "detail")?,
+            })
+        })
+        .collect::<Result<_, StoreError>>()?;
+
+    let rows = sqlx::query(
+        "SELECT id, kind, channel, status, attempts, last_error FROM outbox WHERE inquiry_id = $1 ORDER BY id",
+    )
+    .bind(inquiry.id)
+    .fetch_all(pool)
+    .await?;
+    let outbox = rows
+        .iter()
+        .map(|r| {
+            Ok(OutboxRecord {
+                id: r.try_get("id")?,
+                kind: r.try_get("kind")?,
+                channel: r.try_get("channel")?,
+                status: r.try_get("status")?,
+                attempts: r.try_get("attempts")?,
+                last_error: r.try_get("last_error")?,
+            })
+        })
+        .collect::<Result<_, StoreError>>()?;
+
+    Ok(Some(InquiryDetail {
+        inquiry,
+        messages,
+        events,
+        outbox,
+    }))
+}
+
+pub(super) async fn list_inquiries(
+    pool: &SqlitePool,
+    filter: &InquiryFilter,
+) -> Result<InquiryPage, StoreError> {
+    let limit = filter.limit.clamp(1, 500);
+    let mut q = QueryBuilder::<Sqlite>::new(format!("SELECT {INQUIRY_COLUMNS} FROM inquiries WHERE 1 = 1"));
+    if let Some(status) = filter.status {
+        q.push(" AND status = ").push_bind(status.as_str());
+    }
+    if let Some(channel) = &filter.channel {
+        q.push(" AND channel = ").push_bind(channel.clone());
+    }
+    if let Some(before) = &filter.before {
+        q.push(" AND id < (SELECT id FROM inquiries WHERE reference = ")
+            .push_bind(before.to_ascii_uppercase())
+            .push(")");
+    }
+    // One extra row tells whether another page exists.
+    q.push(" ORDER BY id DESC LIMIT ").push_bind(i64::from(limit) + 1);
+    let rows = q.build().fetch_all(pool).await?;
+    let mut inquiries = rows
+        .iter()
+        .map(inquiry_from_row)
+        .collect::<Result<Vec<_>, _>>()?;
+    let next = if inquiries.len() > limit as usize {
+        inquiries.truncate(limit as usize);
+        inquiries.last().map(|i| i.reference.clone())
+    } else {
+        None
+    };
+    Ok(InquiryPage { inquiries, next })
+}
+
+pub(super) async fn due_outbox(
+    pool: &SqlitePool,
+    now_ms: i64,
+    limit: usize,
+) -> Result<Vec<OutboxEntry>, StoreError> {
+    let rows = sqlx::query(
+        "SELECT o.id, o.inquiry_id, o.kind, o.channel, o.payload, o.attempts, i.reference, i.customer_name, i.subject \
+         FROM outbox o JOIN inquiries i ON i.id = o.inquiry_id \
+         WHERE o.status = 'pending' AND o.next_attempt_at <= $1 ORDER BY o.next_attempt_at, o.id LIMIT $2",
+    )
+    .bind(now_ms)
+    .bind(limit as i64)
+    .fetch_all(pool)
+    .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(OutboxEntry {
+                id: r.try_get("id")?,
+                inquiry_id: r.try_get("inquiry_id")?,
+                kind: r.try_get("kind")?,
+                channel: r.try_get("channel")?,
+                payload: json_column(r, "payload")?,
+                attempts: r.try_get::<i64, _>("attempts")?.try_into().unwrap_or(u32::MAX),
+                reference: Reference(r.try_get("reference")?),
+                customer_name: r.try_get("customer_name")?,
+                subject: r.try_get("subject")?,
+            })
+        })
+        .collect()
+}
+
+pub(super) async fn outbox_counts(pool: &SqlitePool) -> Result<OutboxCounts, StoreError> {
+    let rows = sqlx::query("SELECT status, COUNT(*) AS n FROM outbox GROUP BY status")
+        .fetch_all(pool)
+        .await?;
+    let mut counts = OutboxCounts::default();
+    for r in rows {
+        let n: i64 = r.try_get("n")?;
+        match r.try_get::<String, _>("status")?.as_str() {
+            "pending" => counts.pending = n,
+            "sent" => counts.sent = n,
+            "failed" => counts.failed = n,
+            _ => {}
+        }
+    }
+    Ok(counts)
+}
