@@ -36,7 +36,7 @@ pub(super) async fn generic(
     drop(settings);
     let (channel, message) = result.map_err(|e| intake_failed("generic", &name, e))?;
     let outcome = state.pipeline.accept(message).await?;
-    tracing::info!(
+    tracing::debug!(
         channel = %channel.id,
         inquiry = %outcome.inquiry,
         duplicate = outcome.duplicate,
