@@ -61,8 +61,13 @@ pub async fn run(config_path: &Path) -> Result<(), DaemonError> {
     };
     let shutdown = CancellationToken::new();
     let dispatcher_stop = CancellationToken::new();
-    let dispatcher = tokio::spawn(Dispatcher::new(store.clone(), settings.clone()).run(dispatcher_stop.clone()));
+    let dispatcher =
+        tokio::spawn(Dispatcher::new(store.clone(), settings.clone()).run(dispatcher_stop.clone()));
+    // Installed before we announce readiness: a SIGHUP that arrived before
+    // its handler would kill the process (the default action).
+    let handlers = Signals::install()?;
     let signals = tokio::spawn(watch_signals(
+        handlers,
         config_path.to_path_buf(),
         settings.clone(),
         shutdown.clone(),
@@ -109,24 +114,38 @@ pub async fn run(config_path: &Path) -> Result<(), DaemonError> {
     Ok(())
 }
 
+struct Signals {
+    hup: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> Result<Signals, DaemonError> {
+        let install = |kind| signal(kind).map_err(DaemonError::Signals);
+        Ok(Signals {
+            hup: install(SignalKind::hangup())?,
+            term: install(SignalKind::terminate())?,
+            int: install(SignalKind::interrupt())?,
+        })
+    }
+}
+
 /// Turns signals into reloads and the shutdown token.
 async fn watch_signals(
+    mut signals: Signals,
     path: PathBuf,
     settings: Arc<ArcSwap<Settings>>,
     shutdown: CancellationToken,
-) -> Result<(), DaemonError> {
-    let mut hup = signal(SignalKind::hangup()).map_err(DaemonError::Signals)?;
-    let mut term = signal(SignalKind::terminate()).map_err(DaemonError::Signals)?;
-    let mut int = signal(SignalKind::interrupt()).map_err(DaemonError::Signals)?;
+) {
     loop {
         tokio::select! {
-            _ = hup.recv() => reload(&path, &settings),
-            _ = term.recv() => break,
-            _ = int.recv() => break,
+            _ = signals.hup.recv() => reload(&path, &settings),
+            _ = signals.term.recv() => break,
+            _ = signals.int.recv() => break,
         }
     }
     shutdown.cancel();
-    Ok(())
 }
 
 /// Re-reads the configuration and swaps it in whole, or keeps the old one.

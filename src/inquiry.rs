@@ -287,10 +287,7 @@ impl Reference {
         while let Some(pos) = upper[from..].find(Self::PREFIX) {
             let start = from + pos;
             let tail = &upper[start + Self::PREFIX.len()..];
-            let len = tail
-                .bytes()
-                .take_while(|b| CROCKFORD.contains(b))
-                .count();
+            let len = tail.bytes().take_while(|b| CROCKFORD.contains(b)).count();
             if len == 6 || len == 8 {
                 let end_ok = tail[len..]
                     .chars()

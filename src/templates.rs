@@ -84,8 +84,8 @@ impl AckTemplates {
                     "template files are named `<name>.<language>.txt`".into(),
                 ));
             };
-            let source = std::fs::read_to_string(&file)
-                .map_err(|e| in_file(format!("cannot read: {e}")))?;
+            let source =
+                std::fs::read_to_string(&file).map_err(|e| in_file(format!("cannot read: {e}")))?;
             env.add_template_owned(stem.to_owned(), source)
                 .map_err(|e| in_file(format!("template syntax: {e}")))?;
             available.insert((name.to_owned(), language.to_ascii_lowercase()));
@@ -171,8 +171,14 @@ mod tests {
     #[test]
     fn renders_with_language_fallback() {
         let t = load(&[
-            ("ack.en.txt", "Hello {{ customer_name or 'there' }}, ref {{ reference }}\n"),
-            ("ack.de.txt", "Hallo {{ customer_name }}, Nr. {{ reference }}"),
+            (
+                "ack.en.txt",
+                "Hello {{ customer_name or 'there' }}, ref {{ reference }}\n",
+            ),
+            (
+                "ack.de.txt",
+                "Hallo {{ customer_name }}, Nr. {{ reference }}",
+            ),
         ])
         .unwrap();
         assert_eq!(t.resolve_language("ack", Some("de-CH")), "de");
@@ -193,7 +199,11 @@ mod tests {
         let e = load(&[("ack.de.txt", "x")]).unwrap_err();
         assert!(e.message.contains("ack.en.txt"), "{}", e.message);
         let e = load(&[("ack.en.txt", "{% if %}")]).unwrap_err();
-        assert!(e.in_template && e.message.contains("syntax"), "{}", e.message);
+        assert!(
+            e.in_template && e.message.contains("syntax"),
+            "{}",
+            e.message
+        );
         let e = load(&[("ack.en.txt", "x"), ("oops.txt", "y")]).unwrap_err();
         assert!(e.message.contains("<name>.<language>.txt"));
     }

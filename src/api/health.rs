@@ -29,9 +29,11 @@ pub(super) async fn readyz(State(state): State<AppState>) -> Response {
 pub(super) async fn metrics(State(state): State<AppState>) -> Response {
     match state.store.outbox_counts().await {
         Ok(c) => {
-            metrics::gauge!("switchboard_outbox_entries", "status" => "pending").set(c.pending as f64);
+            metrics::gauge!("switchboard_outbox_entries", "status" => "pending")
+                .set(c.pending as f64);
             metrics::gauge!("switchboard_outbox_entries", "status" => "sent").set(c.sent as f64);
-            metrics::gauge!("switchboard_outbox_entries", "status" => "failed").set(c.failed as f64);
+            metrics::gauge!("switchboard_outbox_entries", "status" => "failed")
+                .set(c.failed as f64);
         }
         Err(e) => tracing::warn!(error = %e, "cannot count outbox entries for metrics"),
     }

@@ -64,7 +64,9 @@ fn parse_filter(params: &HashMap<String, String>) -> Result<InquiryFilter, ApiEr
                     .ok()
                     .filter(|n| (1..=MAX_LIMIT).contains(n))
                     .ok_or_else(|| {
-                        ApiError::BadRequest(format!("`limit` must be an integer from 1 to {MAX_LIMIT}"))
+                        ApiError::BadRequest(format!(
+                            "`limit` must be an integer from 1 to {MAX_LIMIT}"
+                        ))
                     })?
             }
             "cursor" => filter.before = Some(value.clone()),

@@ -118,7 +118,10 @@ impl IntoResponse for ApiError {
                 StatusCode::SERVICE_UNAVAILABLE
             }
         };
-        let mut response = (status, axum::Json(serde_json::json!({ "error": self.to_string() })))
+        let mut response = (
+            status,
+            axum::Json(serde_json::json!({ "error": self.to_string() })),
+        )
             .into_response();
         if status == StatusCode::SERVICE_UNAVAILABLE {
             response

@@ -21,12 +21,15 @@ pub(super) async fn generic(
 ) -> Result<Response, ApiError> {
     let settings = settings(&state);
     let result = async {
-        let channel = settings.channels.generic.get(&name).cloned().ok_or_else(|| {
-            IntakeError::UnknownChannel {
+        let channel = settings
+            .channels
+            .generic
+            .get(&name)
+            .cloned()
+            .ok_or_else(|| IntakeError::UnknownChannel {
                 adapter: "generic",
                 name: name.clone(),
-            }
-        })?;
+            })?;
         let body = read_body(&headers, body, settings.limits.max_body_bytes).await?;
         channel.verify(headers.get(SIGNATURE_HEADER).map(|v| v.as_bytes()), &body)?;
         let message = channel.parse(&body, Utc::now())?;

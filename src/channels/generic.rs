@@ -158,7 +158,12 @@ impl GenericChannel {
             }
         };
         let mut thread = ThreadHints::default();
-        if let Some(t) = payload.thread.as_deref().map(str::trim).filter(|t| !t.is_empty()) {
+        if let Some(t) = payload
+            .thread
+            .as_deref()
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+        {
             if t.len() > MAX_THREAD_LEN {
                 return Err(IntakeError::Malformed(format!(
                     "`thread` is longer than {MAX_THREAD_LEN} bytes"
@@ -262,7 +267,8 @@ fn is_language_tag(tag: &str) -> bool {
     let lang_ok = parts
         .next()
         .is_some_and(|p| (2..=3).contains(&p.len()) && p.bytes().all(|b| b.is_ascii_alphabetic()));
-    lang_ok && parts.all(|p| (1..=8).contains(&p.len()) && p.bytes().all(|b| b.is_ascii_alphanumeric()))
+    lang_ok
+        && parts.all(|p| (1..=8).contains(&p.len()) && p.bytes().all(|b| b.is_ascii_alphanumeric()))
 }
 
 #[cfg(test)]
@@ -289,7 +295,12 @@ mod tests {
         assert!(c.verify(Some(sign(body).as_bytes()), body).is_ok());
         let upper = sign(body).to_uppercase().replace("SHA256=", "sha256=");
         assert!(c.verify(Some(upper.as_bytes()), body).is_ok());
-        for bad in [None, Some(&b"sha256=00"[..]), Some(b"md5=abc"), Some(b"\xff")] {
+        for bad in [
+            None,
+            Some(&b"sha256=00"[..]),
+            Some(b"md5=abc"),
+            Some(b"\xff"),
+        ] {
             assert!(matches!(
                 c.verify(bad, body),
                 Err(IntakeError::BadSignature(_))
@@ -325,7 +336,10 @@ mod tests {
             (br#"{"id":"1","text":"  "}"#, "`text` must not be empty"),
             (br#"{"id":1,"text":"x"}"#, "invalid type"),
             (br#"{"id":"1","text":"x","language":"english!"}"#, "BCP 47"),
-            (br#"{"id":"1","text":"x","metadata":[1]}"#, "`metadata` must be a JSON object"),
+            (
+                br#"{"id":"1","text":"x","metadata":[1]}"#,
+                "`metadata` must be a JSON object",
+            ),
             (b"\xff\xfe", "invalid JSON"),
         ];
         for (body, expected) in cases {

@@ -44,7 +44,13 @@ impl fmt::Display for Problem {
         if self.key.is_empty() {
             write!(f, "{}: {}", self.file.display(), self.message)
         } else {
-            write!(f, "{}: `{}`: {}", self.file.display(), self.key, self.message)
+            write!(
+                f,
+                "{}: `{}`: {}",
+                self.file.display(),
+                self.key,
+                self.message
+            )
         }
     }
 }
@@ -412,7 +418,10 @@ mod tests {
     #[test]
     fn unknown_keys_are_errors_naming_the_key() {
         let dir = tempfile::tempdir().unwrap();
-        let path = write_config(dir.path(), "[server]\nlisten = \"127.0.0.1:1\"\nlisten_port = 3\n");
+        let path = write_config(
+            dir.path(),
+            "[server]\nlisten = \"127.0.0.1:1\"\nlisten_port = 3\n",
+        );
         let err = Settings::load(&path).unwrap_err().to_string();
         assert!(err.contains("listen_port"), "{err}");
         assert!(err.contains("switchboard.toml"), "{err}");
@@ -436,7 +445,10 @@ mod tests {
         let keys: Vec<_> = err.problems.iter().map(|p| p.key.as_str()).collect();
         assert!(keys.contains(&"store.url"), "{keys:?}");
         assert!(keys.contains(&"channels.generic.shop.secret"), "{keys:?}");
-        assert!(keys.contains(&"channels.generic.shop.reply_url"), "{keys:?}");
+        assert!(
+            keys.contains(&"channels.generic.shop.reply_url"),
+            "{keys:?}"
+        );
         assert!(keys.contains(&"channels.generic.Bad"), "{keys:?}");
     }
 

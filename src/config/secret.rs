@@ -88,13 +88,8 @@ impl<'a> SecretSource<'a> {
             })?
         } else if let Some(file) = &self.file {
             let path = base.join(file);
-            let text = std::fs::read_to_string(&path).map_err(|e| {
-                format!(
-                    "`{}_file`: cannot read {}: {e}",
-                    self.key,
-                    path.display()
-                )
-            })?;
+            let text = std::fs::read_to_string(&path)
+                .map_err(|e| format!("`{}_file`: cannot read {}: {e}", self.key, path.display()))?;
             text.trim_end_matches(['\r', '\n']).to_owned()
         } else {
             return Ok(None);
@@ -140,7 +135,12 @@ mod tests {
         );
         assert_eq!(src(None, None, None).resolve(base).unwrap(), None);
         // PATH is set in every test environment.
-        assert!(src(None, Some("PATH"), None).resolve(base).unwrap().is_some());
+        assert!(
+            src(None, Some("PATH"), None)
+                .resolve(base)
+                .unwrap()
+                .is_some()
+        );
     }
 
     #[test]

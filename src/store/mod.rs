@@ -83,9 +83,16 @@ pub struct IntakeOutcome {
 /// The result of one delivery attempt of an outbox entry.
 #[derive(Debug, Clone)]
 pub enum DeliveryResult {
-    Sent { text: String },
-    Retry { error: String, next_attempt_at: DateTime<Utc> },
-    Failed { error: String },
+    Sent {
+        text: String,
+    },
+    Retry {
+        error: String,
+        next_attempt_at: DateTime<Utc>,
+    },
+    Failed {
+        error: String,
+    },
 }
 
 /// One delivery attempt to record.
@@ -140,8 +147,14 @@ impl Store {
         let (jobs, rx) = mpsc::channel(config.max_batch * 8);
         let outbox_wake = Arc::new(Notify::new());
         let shutdown = tokio_util::sync::CancellationToken::new();
-        let handle = writer::spawn(conn, rx, config.max_batch, outbox_wake.clone(), shutdown.clone())
-            .await?;
+        let handle = writer::spawn(
+            conn,
+            rx,
+            config.max_batch,
+            outbox_wake.clone(),
+            shutdown.clone(),
+        )
+        .await?;
         Ok(Arc::new(Store {
             pool,
             jobs,
@@ -155,7 +168,8 @@ impl Store {
     /// Commits one inbound message (durably) and says what became of it.
     pub async fn intake(&self, intake: Intake) -> Result<IntakeOutcome, StoreError> {
         let (tx, rx) = oneshot::channel();
-        self.submit(writer::Job::Intake(Box::new(intake), tx)).await?;
+        self.submit(writer::Job::Intake(Box::new(intake), tx))
+            .await?;
         rx.await.map_err(|_| StoreError::Closed)?
     }
 
@@ -173,24 +187,28 @@ impl Store {
     /// being delivered. Each must come back through [`Store::record_delivery`]
     /// or [`Store::release`].
     pub async fn claim_due(&self, limit: usize) -> Result<Vec<OutboxEntry>, StoreError> {
-        let busy: Vec<i64> = self.in_flight.lock().expect("in_flight lock").iter().copied().collect();
-        let entries = reads::due_outbox(&self.pool, to_ms(Utc::now()), limit + busy.len()).await?;
+        let busy = self.in_flight.lock().expect("in_flight lock").len();
+        let (tx, rx) = oneshot::channel();
+        self.submit(writer::Job::Claim {
+            limit: limit + busy,
+            tx,
+        })
+        .await?;
+        let entries = rx.await.map_err(|_| StoreError::Closed)??;
         let mut in_flight = self.in_flight.lock().expect("in_flight lock");
-        let mut claimed = Vec::new();
-        for e in entries {
-            if claimed.len() == limit {
-                break;
-            }
-            if in_flight.insert(e.id) {
-                claimed.push(e);
-            }
-        }
-        Ok(claimed)
+        Ok(entries
+            .into_iter()
+            .filter(|e| in_flight.insert(e.id))
+            .take(limit)
+            .collect())
     }
 
     /// Gives back a claimed entry without recording an attempt (shutdown).
     pub fn release(&self, outbox_id: i64) {
-        self.in_flight.lock().expect("in_flight lock").remove(&outbox_id);
+        self.in_flight
+            .lock()
+            .expect("in_flight lock")
+            .remove(&outbox_id);
     }
 
     /// Woken whenever a commit adds outbox entries.
@@ -242,7 +260,9 @@ impl Store {
 
 /// The file behind a `sqlite://` URL, for tools and tests.
 pub fn sqlite_path(url: &str) -> Option<&Path> {
-    let rest = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:"))?;
+    let rest = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))?;
     Some(Path::new(rest.split('?').next().unwrap_or(rest)))
 }
 

@@ -95,10 +95,19 @@ fn inquiry_from_row(row: &SqliteRow) -> Result<Inquiry, StoreError> {
     Ok(Inquiry {
         id: row.try_get("id")?,
         reference: Reference(row.try_get("reference")?),
-        status: row.try_get::<String, _>("status")?.parse().map_err(corrupt)?,
-        urgency: row.try_get::<String, _>("urgency")?.parse().map_err(corrupt)?,
+        status: row
+            .try_get::<String, _>("status")?
+            .parse()
+            .map_err(corrupt)?,
+        urgency: row
+            .try_get::<String, _>("urgency")?
+            .parse()
+            .map_err(corrupt)?,
         channel: row.try_get("channel")?,
-        medium: row.try_get::<String, _>("medium")?.parse().map_err(corrupt)?,
+        medium: row
+            .try_get::<String, _>("medium")?
+            .parse()
+            .map_err(corrupt)?,
         customer: Customer {
             name: row.try_get("customer_name")?,
             email: row.try_get("customer_email")?,
@@ -121,7 +130,9 @@ pub(super) async fn inquiry_detail(
     pool: &SqlitePool,
     reference: &str,
 ) -> Result<Option<InquiryDetail>, StoreError> {
-    let mut q = QueryBuilder::<Sqlite>::new(format!("SELECT {INQUIRY_COLUMNS} FROM inquiries WHERE reference = "));
+    let mut q = QueryBuilder::<Sqlite>::new(format!(
+        "SELECT {INQUIRY_COLUMNS} FROM inquiries WHERE reference = "
+    ));
     q.push_bind(reference.to_ascii_uppercase());
     let Some(row) = q.build().fetch_optional(pool).await? else {
         return Ok(None);
@@ -151,10 +162,12 @@ pub(super) async fn inquiry_detail(
         })
         .collect::<Result<_, StoreError>>()?;
 
-    let rows = sqlx::query("SELECT at, kind, detail FROM inquiry_events WHERE inquiry_id = $1 ORDER BY id")
-        .bind(inquiry.id)
-        .fetch_all(pool)
-        .await?;
+    let rows = sqlx::query(
+        "SELECT at, kind, detail FROM inquiry_events WHERE inquiry_id = $1 ORDER BY id",
+    )
+    .bind(inquiry.id)
+    .fetch_all(pool)
+    .await?;
     let events = rows
         .iter()
         .map(|r| {
@@ -199,7 +212,9 @@ pub(super) async fn list_inquiries(
     filter: &InquiryFilter,
 ) -> Result<InquiryPage, StoreError> {
     let limit = filter.limit.clamp(1, 500);
-    let mut q = QueryBuilder::<Sqlite>::new(format!("SELECT {INQUIRY_COLUMNS} FROM inquiries WHERE 1 = 1"));
+    let mut q = QueryBuilder::<Sqlite>::new(format!(
+        "SELECT {INQUIRY_COLUMNS} FROM inquiries WHERE 1 = 1"
+    ));
     if let Some(status) = filter.status {
         q.push(" AND status = ").push_bind(status.as_str());
     }
@@ -212,7 +227,8 @@ pub(super) async fn list_inquiries(
             .push(")");
     }
     // One extra row tells whether another page exists.
-    q.push(" ORDER BY id DESC LIMIT ").push_bind(i64::from(limit) + 1);
+    q.push(" ORDER BY id DESC LIMIT ")
+        .push_bind(i64::from(limit) + 1);
     let rows = q.build().fetch_all(pool).await?;
     let mut inquiries = rows
         .iter()
@@ -228,7 +244,7 @@ pub(super) async fn list_inquiries(
 }
 
 pub(super) async fn due_outbox(
-    pool: &SqlitePool,
+    conn: impl sqlx::SqliteExecutor<'_>,
     now_ms: i64,
     limit: usize,
 ) -> Result<Vec<OutboxEntry>, StoreError> {
@@ -239,7 +255,7 @@ pub(super) async fn due_outbox(
     )
     .bind(now_ms)
     .bind(limit as i64)
-    .fetch_all(pool)
+    .fetch_all(conn)
     .await?;
     rows.iter()
         .map(|r| {
@@ -249,7 +265,10 @@ pub(super) async fn due_outbox(
                 kind: r.try_get("kind")?,
                 channel: r.try_get("channel")?,
                 payload: json_column(r, "payload")?,
-                attempts: r.try_get::<i64, _>("attempts")?.try_into().unwrap_or(u32::MAX),
+                attempts: r
+                    .try_get::<i64, _>("attempts")?
+                    .try_into()
+                    .unwrap_or(u32::MAX),
                 reference: Reference(r.try_get("reference")?),
                 customer_name: r.try_get("customer_name")?,
                 subject: r.try_get("subject")?,

@@ -15,7 +15,9 @@ use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::{AckPlan, DeliveryRecord, DeliveryResult, Intake, IntakeOutcome, StoreError, to_ms};
+use super::{
+    AckPlan, DeliveryRecord, DeliveryResult, Intake, IntakeOutcome, OutboxEntry, StoreError, to_ms,
+};
 use crate::inquiry::{Reference, Status, Urgency};
 
 pub(super) enum Job {
@@ -24,6 +26,19 @@ pub(super) enum Job {
         oneshot::Sender<Result<IntakeOutcome, StoreError>>,
     ),
     Delivery(DeliveryRecord, oneshot::Sender<Result<(), StoreError>>),
+    /// Reads due outbox entries. It runs here, after the batch's writes,
+    /// so it never sees an entry as pending whose delivery was just recorded.
+    Claim {
+        limit: usize,
+        tx: oneshot::Sender<Result<Vec<OutboxEntry>, StoreError>>,
+    },
+}
+
+/// What one job produced, in job order.
+enum Output {
+    Intake(IntakeOutcome),
+    Done,
+    Claimed(Vec<OutboxEntry>),
 }
 
 /// Starts the writer on its own connection.
@@ -54,7 +69,12 @@ struct Writer {
 }
 
 impl Writer {
-    async fn run(mut self, mut rx: mpsc::Receiver<Job>, max_batch: usize, shutdown: CancellationToken) {
+    async fn run(
+        mut self,
+        mut rx: mpsc::Receiver<Job>,
+        max_batch: usize,
+        shutdown: CancellationToken,
+    ) {
         let mut batch = Vec::with_capacity(max_batch);
         loop {
             let received = tokio::select! {
@@ -105,18 +125,21 @@ impl Writer {
         }
     }
 
-    fn answer(&self, jobs: Vec<Job>, outcomes: Vec<Option<IntakeOutcome>>) {
+    fn answer(&self, jobs: Vec<Job>, outputs: Vec<Output>) {
         let mut wake = false;
-        for (job, outcome) in jobs.into_iter().zip(outcomes) {
-            match job {
-                Job::Intake(intake, tx) => {
-                    let outcome = outcome.expect("every intake job has an outcome");
+        for (job, output) in jobs.into_iter().zip(outputs) {
+            match (job, output) {
+                (Job::Intake(intake, tx), Output::Intake(outcome)) => {
                     wake |= outcome.opened && matches!(intake.ack, AckPlan::Send { .. });
                     let _ = tx.send(Ok(outcome));
                 }
-                Job::Delivery(_, tx) => {
+                (Job::Delivery(_, tx), _) => {
                     let _ = tx.send(Ok(()));
                 }
+                (Job::Claim { tx, .. }, Output::Claimed(entries)) => {
+                    let _ = tx.send(Ok(entries));
+                }
+                _ => unreachable!("outputs follow job order"),
             }
         }
         if wake {
@@ -124,16 +147,16 @@ impl Writer {
         }
     }
 
-    /// Applies `jobs` in one transaction. Returns one entry per job: the
-    /// intake outcome, or `None` for other jobs.
-    async fn commit(&mut self, jobs: &[Job]) -> Result<Vec<Option<IntakeOutcome>>, StoreError> {
+    /// Applies `jobs` in one transaction: intakes, then delivery records,
+    /// then claims. Returns one output per job, in job order.
+    async fn commit(&mut self, jobs: &[Job]) -> Result<Vec<Output>, StoreError> {
         let now = to_ms(Utc::now());
         let mut tx = self.conn.begin_with("BEGIN IMMEDIATE").await?;
         let intakes: Vec<&Intake> = jobs
             .iter()
             .filter_map(|j| match j {
                 Job::Intake(i, _) => Some(&**i),
-                Job::Delivery(..) => None,
+                _ => None,
             })
             .collect();
         let mut plan = Plan::default();
@@ -147,21 +170,25 @@ impl Writer {
             .iter()
             .filter_map(|j| match j {
                 Job::Delivery(d, _) => Some(d),
-                Job::Intake(..) => None,
+                _ => None,
             })
             .collect();
         if !deliveries.is_empty() {
             write_deliveries(&mut tx, &deliveries, now).await?;
         }
-        tx.commit().await?;
         let mut outcomes = plan.outcomes.into_iter();
-        Ok(jobs
-            .iter()
-            .map(|j| match j {
-                Job::Intake(..) => outcomes.next(),
-                Job::Delivery(..) => None,
-            })
-            .collect())
+        let mut outputs = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            outputs.push(match job {
+                Job::Intake(..) => Output::Intake(outcomes.next().expect("one outcome per intake")),
+                Job::Delivery(..) => Output::Done,
+                Job::Claim { limit, .. } => {
+                    Output::Claimed(super::reads::due_outbox(&mut *tx, now, *limit).await?)
+                }
+            });
+        }
+        tx.commit().await?;
+        Ok(outputs)
     }
 }
 
@@ -169,12 +196,17 @@ fn fail(jobs: Vec<Job>, e: StoreError) {
     let text = e.to_string();
     let mut first = Some(e);
     for job in jobs {
-        let err = first.take().unwrap_or_else(|| StoreError::Corrupt(text.clone()));
+        let err = first
+            .take()
+            .unwrap_or_else(|| StoreError::Corrupt(text.clone()));
         match job {
             Job::Intake(_, tx) => {
                 let _ = tx.send(Err(err));
             }
             Job::Delivery(_, tx) => {
+                let _ = tx.send(Err(err));
+            }
+            Job::Claim { tx, .. } => {
                 let _ = tx.send(Err(err));
             }
         }
@@ -233,7 +265,8 @@ async fn open_threads(
             "SELECT t.key, i.id, i.reference FROM thread_keys t JOIN inquiries i ON i.id = t.inquiry_id \
              WHERE i.status <> ",
         );
-        q.push_bind(Status::Resolved.as_str()).push(" AND t.key IN (");
+        q.push_bind(Status::Resolved.as_str())
+            .push(" AND t.key IN (");
         let mut sep = q.separated(", ");
         for k in keys {
             sep.push_bind(k.clone());
@@ -241,9 +274,10 @@ async fn open_threads(
         q.push(") ORDER BY i.id");
         for row in q.build().persistent(false).fetch_all(&mut *conn).await? {
             // Ascending ids: the newest open inquiry wins.
-            threads
-                .by_key
-                .insert(row.try_get(0)?, (row.try_get(1)?, Reference(row.try_get(2)?)));
+            threads.by_key.insert(
+                row.try_get(0)?,
+                (row.try_get(1)?, Reference(row.try_get(2)?)),
+            );
         }
     }
     let refs: Vec<&Reference> = intakes
@@ -251,15 +285,19 @@ async fn open_threads(
         .filter_map(|i| i.message.thread.reference.as_ref())
         .collect();
     if !refs.is_empty() {
-        let mut q = QueryBuilder::<Sqlite>::new("SELECT id, reference FROM inquiries WHERE status <> ");
-        q.push_bind(Status::Resolved.as_str()).push(" AND reference IN (");
+        let mut q =
+            QueryBuilder::<Sqlite>::new("SELECT id, reference FROM inquiries WHERE status <> ");
+        q.push_bind(Status::Resolved.as_str())
+            .push(" AND reference IN (");
         let mut sep = q.separated(", ");
         for r in refs {
             sep.push_bind(r.0.clone());
         }
         q.push(")");
         for row in q.build().persistent(false).fetch_all(&mut *conn).await? {
-            threads.by_reference.insert(row.try_get(1)?, row.try_get(0)?);
+            threads
+                .by_reference
+                .insert(row.try_get(1)?, row.try_get(0)?);
         }
     }
     Ok(threads)
@@ -305,19 +343,16 @@ impl<'a> Plan<'a> {
                 });
                 continue;
             }
-            let existing = m
-                .thread
-                .reference
-                .as_ref()
-                .and_then(|r| threads.by_reference.get(&r.0).map(|id| (*id, r.clone())))
-                .or_else(|| {
-                    m.thread.refers_to.iter().find_map(|k| {
-                        batch_keys
-                            .get(k)
-                            .or_else(|| threads.by_key.get(k))
-                            .cloned()
-                    })
-                });
+            let existing =
+                m.thread
+                    .reference
+                    .as_ref()
+                    .and_then(|r| threads.by_reference.get(&r.0).map(|id| (*id, r.clone())))
+                    .or_else(|| {
+                        m.thread.refers_to.iter().find_map(|k| {
+                            batch_keys.get(k).or_else(|| threads.by_key.get(k)).cloned()
+                        })
+                    });
             let (id, reference, opened) = match existing {
                 Some((id, reference)) => (id, reference, false),
                 None => {
@@ -348,7 +383,8 @@ impl<'a> Plan<'a> {
                             "reply_context": m.reply_context,
                         });
                         plan.outbox.push((id, intake, payload.to_string()));
-                        let queued = serde_json::json!({ "template": template, "language": language });
+                        let queued =
+                            serde_json::json!({ "template": template, "language": language });
                         plan.events.push((id, "ack_queued", queued.to_string()));
                     }
                     AckPlan::Skip { reason } => {
@@ -411,7 +447,9 @@ impl<'a> Plan<'a> {
                     .push_bind(m.subject.clone())
                     .push_bind(m.text.clone())
                     .push_bind(m.language.clone())
-                    .push_bind(serde_json::to_string(&m.attachments).unwrap_or_else(|_| "[]".into()))
+                    .push_bind(
+                        serde_json::to_string(&m.attachments).unwrap_or_else(|_| "[]".into()),
+                    )
                     .push_bind(m.metadata.to_string())
                     .push_bind(m.reply_context.to_string());
             });
@@ -464,9 +502,13 @@ async fn insert_events(
     if events.is_empty() {
         return Ok(());
     }
-    let mut q = QueryBuilder::<Sqlite>::new("INSERT INTO inquiry_events (inquiry_id, at, kind, detail) ");
+    let mut q =
+        QueryBuilder::<Sqlite>::new("INSERT INTO inquiry_events (inquiry_id, at, kind, detail) ");
     q.push_values(events, |mut b, (id, kind, detail)| {
-        b.push_bind(*id).push_bind(now).push_bind(*kind).push_bind(detail.clone());
+        b.push_bind(*id)
+            .push_bind(now)
+            .push_bind(*kind)
+            .push_bind(detail.clone());
     });
     q.build().persistent(false).execute(&mut *conn).await?;
     Ok(())
@@ -485,10 +527,17 @@ async fn write_deliveries(
                 now,
                 None,
                 Some(now),
-                if r.kind == "ack" { "acknowledged" } else { "notified" },
+                if r.kind == "ack" {
+                    "acknowledged"
+                } else {
+                    "notified"
+                },
                 serde_json::json!({ "outbox_id": r.outbox_id, "attempt": r.attempt, "text": text }),
             ),
-            DeliveryResult::Retry { error, next_attempt_at } => (
+            DeliveryResult::Retry {
+                error,
+                next_attempt_at,
+            } => (
                 "pending",
                 to_ms(*next_attempt_at),
                 Some(error.clone()),

@@ -229,7 +229,11 @@ pub async fn post_webhook(
     (status, json)
 }
 
-pub async fn api_get(client: &reqwest::Client, daemon: &Daemon, path: &str) -> (u16, serde_json::Value) {
+pub async fn api_get(
+    client: &reqwest::Client,
+    daemon: &Daemon,
+    path: &str,
+) -> (u16, serde_json::Value) {
     let response = client
         .get(daemon.url(path))
         .bearer_auth(TOKEN)
@@ -237,7 +241,10 @@ pub async fn api_get(client: &reqwest::Client, daemon: &Daemon, path: &str) -> (
         .await
         .expect("api request");
     let status = response.status().as_u16();
-    (status, response.json().await.unwrap_or(serde_json::Value::Null))
+    (
+        status,
+        response.json().await.unwrap_or(serde_json::Value::Null),
+    )
 }
 
 /// Polls `f` until it returns `Some`, or panics after `within`.
