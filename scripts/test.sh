@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# The whole test suite, as CI runs it on a fresh Debian 12 machine:
+# installs what the tests need, then format, lint and every test.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# System packages. The spine needs only a C compiler (bundled SQLite) and
+# openssl for the README's curl example; later channels add their servers
+# (Dovecot, an MTA, PostgreSQL) here, installed and started on loopback.
+need=()
+command -v cc >/dev/null || need+=(gcc)
+command -v openssl >/dev/null || need+=(openssl)
+command -v curl >/dev/null || need+=(curl)
+if ((${#need[@]})); then
+    if [ "$(id -u)" = 0 ]; then
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"
+    else
+        echo "missing packages: ${need[*]} (install them or run as root)" >&2
+        exit 1
+    fi
+fi
+
+cargo fmt --all -- --check
+cargo clippy --locked --all-targets -- -D warnings
+cargo test --locked
+bash scripts/smoke.sh
