@@ -273,3 +273,154 @@ pub(crate) fn to_ms(t: DateTime<Utc>) -> i64 {
 pub(crate) fn from_ms(ms: i64) -> DateTime<Utc> {
     Utc.timestamp_millis_opt(ms).single().unwrap_or_default()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::inquiry::{Adapter, ChannelId, Customer, Medium, ThreadHints};
+
+    async fn open_temp() -> (tempfile::TempDir, Arc<Store>) {
+        let dir = tempfile::tempdir().unwrap();
+        let config = StoreConfig {
+            url: format!("sqlite://{}/db.sqlite", dir.path().display()),
+            max_batch: 64,
+        };
+        (dir, Store::open(&config).await.unwrap())
+    }
+
+    fn message(id: &str, thread: Option<&str>) -> Intake {
+        let mut hints = ThreadHints::default();
+        if let Some(t) = thread {
+            hints.refers_to.push(t.to_owned());
+            hints.provides.push(t.to_owned());
+        }
+        Intake {
+            message: NewMessage {
+                channel: ChannelId::new(Adapter::Generic, "test"),
+                medium: Medium::Generic,
+                provider_id: id.to_owned(),
+                customer: Customer::default(),
+                subject: None,
+                text: format!("text of {id}"),
+                language: None,
+                thread: hints,
+                attachments: Vec::new(),
+                metadata: serde_json::json!({}),
+                reply_context: serde_json::Value::Null,
+                no_ack_reason: None,
+                received_at: Utc::now(),
+            },
+            ack: AckPlan::Send {
+                template: "ack".into(),
+                language: "en".into(),
+            },
+        }
+    }
+
+    /// Many intakes at once land in shared batches; within a batch, the
+    /// same id must still dedupe and the same thread must still gather.
+    #[tokio::test]
+    async fn concurrent_intakes_dedupe_and_thread_within_a_batch() {
+        let (_dir, store) = open_temp().await;
+        let mut tasks = tokio::task::JoinSet::new();
+        for i in 0..200 {
+            let store = store.clone();
+            tasks.spawn(async move {
+                let (id, thread) = match i % 4 {
+                    0 => ("same".to_owned(), None),
+                    1 => (format!("t{i}"), Some("shared-thread")),
+                    _ => (format!("m{i}"), None),
+                };
+                store.intake(message(&id, thread)).await.unwrap()
+            });
+        }
+        let outcomes: Vec<IntakeOutcome> = tasks.join_all().await;
+        let same: Vec<_> = outcomes.iter().filter(|o| o.duplicate).collect();
+        assert_eq!(
+            same.len(),
+            49,
+            "49 of the 50 `same` messages are duplicates"
+        );
+        let opened = outcomes.iter().filter(|o| o.opened).count();
+        // 1 `same` + 1 thread + 100 plain messages.
+        assert_eq!(opened, 102);
+        let threaded: std::collections::HashSet<_> = outcomes
+            .iter()
+            .filter(|o| !o.duplicate && !o.opened)
+            .map(|o| o.inquiry.clone())
+            .collect();
+        assert_eq!(
+            threaded.len(),
+            1,
+            "all thread replies gather on one inquiry"
+        );
+        let counts = store.outbox_counts().await.unwrap();
+        assert_eq!(
+            counts.pending, 102,
+            "one acknowledgement per opened inquiry"
+        );
+        assert!(stored_counts_match(&store, 102, 151).await);
+    }
+
+    /// The store's own view: references unique, messages all kept.
+    async fn stored_counts_match(store: &Store, inquiries: i64, messages_expected: i64) -> bool {
+        let refs: i64 = sqlx::query_scalar("SELECT COUNT(DISTINCT reference) FROM inquiries")
+            .fetch_one(&store.pool)
+            .await
+            .unwrap();
+        let messages: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM messages")
+            .fetch_one(&store.pool)
+            .await
+            .unwrap();
+        refs == inquiries && messages == messages_expected
+    }
+
+    #[tokio::test]
+    async fn reopened_store_continues_ids_and_keeps_idempotency() {
+        let (dir, store) = open_temp().await;
+        let first = store.intake(message("a", None)).await.unwrap();
+        store.close().await;
+        assert!(matches!(
+            store.intake(message("b", None)).await,
+            Err(StoreError::Closed)
+        ));
+        let config = StoreConfig {
+            url: format!("sqlite://{}/db.sqlite", dir.path().display()),
+            max_batch: 64,
+        };
+        let store = Store::open(&config).await.unwrap();
+        let again = store.intake(message("a", None)).await.unwrap();
+        assert!(again.duplicate);
+        assert_eq!(again.inquiry, first.inquiry);
+        let next = store.intake(message("b", None)).await.unwrap();
+        assert_eq!(next.inquiry_id, first.inquiry_id + 1);
+    }
+
+    #[tokio::test]
+    async fn claimed_entries_are_not_handed_out_twice() {
+        let (_dir, store) = open_temp().await;
+        for i in 0..5 {
+            store.intake(message(&format!("c{i}"), None)).await.unwrap();
+        }
+        let first = store.claim_due(3).await.unwrap();
+        let second = store.claim_due(10).await.unwrap();
+        assert_eq!((first.len(), second.len()), (3, 2));
+        assert!(store.claim_due(10).await.unwrap().is_empty());
+        let done = &first[0];
+        store
+            .record_delivery(DeliveryRecord {
+                outbox_id: done.id,
+                inquiry_id: done.inquiry_id,
+                kind: "ack".into(),
+                attempt: 1,
+                result: DeliveryResult::Sent { text: "hi".into() },
+            })
+            .await
+            .unwrap();
+        store.release(first[1].id);
+        let third = store.claim_due(10).await.unwrap();
+        assert_eq!(third.len(), 1, "only the released entry comes back");
+        assert_eq!(third[0].id, first[1].id);
+        assert_eq!(store.outbox_counts().await.unwrap().sent, 1);
+    }
+}
