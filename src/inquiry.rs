@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 /// The adapter families Switchboard speaks. The wire names are the config
 /// table names (`[channels.<adapter>.<name>]`) and the URL segments.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Adapter {
     Generic,
@@ -24,6 +24,20 @@ pub enum Adapter {
 }
 
 impl Adapter {
+    pub const ALL: [Adapter; 6] = [
+        Adapter::Generic,
+        Adapter::Imap,
+        Adapter::Twilio,
+        Adapter::Slack,
+        Adapter::Whatsapp,
+        Adapter::Telegram,
+    ];
+
+    /// The adapter of a config table or URL segment name.
+    pub fn parse(name: &str) -> Option<Adapter> {
+        Adapter::ALL.into_iter().find(|a| a.as_str() == name)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Adapter::Generic => "generic",
@@ -222,6 +236,10 @@ pub struct ThreadHints {
     pub provides: Vec<String>,
     /// An inquiry reference the customer quoted, e.g. `[INQ-7K3F9Q]` in a subject.
     pub reference: Option<Reference>,
+    /// For channels without threads (SMS, WhatsApp): a message from the
+    /// same customer (`NewMessage::customer_key`) on the same channel joins
+    /// their open inquiry if it was active within this window.
+    pub follow_up_window: Option<std::time::Duration>,
 }
 
 /// One inbound message, normalized by its channel adapter.
@@ -232,6 +250,10 @@ pub struct NewMessage {
     /// The provider's id for this message: the idempotency key within `channel`.
     pub provider_id: String,
     pub customer: Customer,
+    /// One identity per customer across channels: `tel:+4930123456` for
+    /// phone-based channels (SMS, WhatsApp, voice), `mailto:` for email,
+    /// `<adapter>:<workspace>:<user>` for chat handles.
+    pub customer_key: Option<String>,
     pub subject: Option<String>,
     pub text: String,
     /// BCP 47 tag when the channel declared one (`de`, `en-GB`).
@@ -247,6 +269,34 @@ pub struct NewMessage {
     /// automatically (auto-replies, bounces, bots); the reason is recorded.
     pub no_ack_reason: Option<String>,
     pub received_at: DateTime<Utc>,
+}
+
+/// What the commit did with a message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IntakeOutcome {
+    pub inquiry: Reference,
+    pub inquiry_id: i64,
+    /// The provider sent this message before; nothing was written.
+    pub duplicate: bool,
+    /// The message opened a new inquiry (false: attached to an open one).
+    pub opened: bool,
+}
+
+/// The delivery state a provider reports for a message we sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProviderStatus {
+    /// The provider's id of our outbound message (returned at delivery).
+    pub provider_message_id: String,
+    /// The provider's word for it: `sent`, `delivered`, `read`, `failed`, …
+    pub status: String,
+    pub detail: serde_json::Value,
+}
+
+/// A customer edited a message we already stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MessageEdit {
+    pub provider_id: String,
+    pub text: String,
 }
 
 /// A short, human-readable, unique inquiry reference such as `INQ-7K3F9Q`.
@@ -337,6 +387,8 @@ pub struct Inquiry {
     pub channel: String,
     pub medium: Medium,
     pub customer: Customer,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub customer_key: Option<String>,
     pub subject: Option<String>,
     pub language: Option<String>,
     pub created_at: DateTime<Utc>,

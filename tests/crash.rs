@@ -174,6 +174,17 @@ async fn kill_9_midway_loses_and_doubles_nothing() {
         "one acknowledgement (delivery id) per inquiry"
     );
     let repeats = received.len() - TOTAL;
+    let mut counts: HashMap<&str, usize> = HashMap::new();
+    for d in &received {
+        *counts.entry(d.delivery_id.as_str()).or_default() += 1;
+    }
+    let mut repeated: Vec<_> = counts
+        .iter()
+        .filter(|(_, n)| **n > 1)
+        .map(|(id, n)| (id.parse::<i64>().unwrap_or(0), *n))
+        .collect();
+    repeated.sort();
+    eprintln!("repeated delivery ids: {repeated:?}");
     // Only deliveries in flight at the crash may repeat (at most the
     // dispatcher's concurrency, 16 by default).
     assert!(repeats <= 16, "{repeats} repeated deliveries");

@@ -50,7 +50,14 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))
-        .route("/webhooks/generic/{name}", post(webhooks::generic))
+        .route(
+            "/webhooks/{adapter}/{name}",
+            post(webhooks::post_root).get(webhooks::get_root),
+        )
+        .route(
+            "/webhooks/{adapter}/{name}/{*action}",
+            post(webhooks::post_action).get(webhooks::get_action),
+        )
         .route("/api/v1/inquiries", get(inquiries::list))
         .route("/api/v1/inquiries/{reference}", get(inquiries::show))
         .route("/api/v1/channels", get(inquiries::channels))
@@ -103,9 +110,9 @@ impl From<StoreError> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = match &self {
-            ApiError::Intake(IntakeError::UnknownChannel { .. }) | ApiError::NotFound(_) => {
-                StatusCode::NOT_FOUND
-            }
+            ApiError::Intake(IntakeError::UnknownChannel { .. } | IntakeError::NotFound)
+            | ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Intake(IntakeError::Forbidden) => StatusCode::FORBIDDEN,
             ApiError::Intake(IntakeError::BadSignature(_)) | ApiError::Unauthorized(_) => {
                 StatusCode::UNAUTHORIZED
             }

@@ -1,60 +1,154 @@
-//! Provider webhooks: `/webhooks/<adapter>/{name}`. Each handler reads the
-//! raw body under the size limit, lets the adapter verify and normalize it,
-//! and answers only after the pipeline has committed the message.
+//! Provider webhooks: `/webhooks/<adapter>/<name>[/<action>]`.
+//!
+//! One handler serves every adapter: it finds the channel instance, reads
+//! the raw body under the size limit, lets the adapter verify and normalize
+//! it, commits what it carries through the pipeline, and only then answers
+//! with what the adapter chooses (JSON, TwiML, a challenge).
 
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, Method, Uri, header};
 use axum::response::{IntoResponse, Response};
 use chrono::Utc;
 
 use super::{ApiError, AppState, settings};
-use crate::channels::IntakeError;
-use crate::channels::generic::SIGNATURE_HEADER;
+use crate::channels::{Answer, Inbound, InboundRequest, IntakeError};
+use crate::inquiry::Adapter;
 
-/// `POST /webhooks/generic/{name}`
-pub(super) async fn generic(
+pub(super) async fn post_root(
     state: State<AppState>,
-    Path(name): Path<String>,
+    Path((adapter, name)): Path<(String, String)>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    handle(state, &adapter, &name, "", method, uri, headers, body).await
+}
+
+pub(super) async fn post_action(
+    state: State<AppState>,
+    Path((adapter, name, action)): Path<(String, String, String)>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    handle(state, &adapter, &name, &action, method, uri, headers, body).await
+}
+
+pub(super) async fn get_root(
+    state: State<AppState>,
+    Path((adapter, name)): Path<(String, String)>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    handle(
+        state,
+        &adapter,
+        &name,
+        "",
+        method,
+        uri,
+        headers,
+        Body::empty(),
+    )
+    .await
+}
+
+pub(super) async fn get_action(
+    state: State<AppState>,
+    Path((adapter, name, action)): Path<(String, String, String)>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    handle(
+        state,
+        &adapter,
+        &name,
+        &action,
+        method,
+        uri,
+        headers,
+        Body::empty(),
+    )
+    .await
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn handle(
+    state: State<AppState>,
+    adapter_name: &str,
+    name: &str,
+    action: &str,
+    method: Method,
+    uri: Uri,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
     let settings = settings(&state);
-    let result = async {
-        let channel = settings
-            .channels
-            .generic
-            .get(&name)
-            .cloned()
-            .ok_or_else(|| IntakeError::UnknownChannel {
-                adapter: "generic",
-                name: name.clone(),
-            })?;
-        let body = read_body(&headers, body, settings.limits.max_body_bytes).await?;
-        channel.verify(headers.get(SIGNATURE_HEADER).map(|v| v.as_bytes()), &body)?;
-        let message = channel.parse(&body, Utc::now())?;
-        Ok::<_, IntakeError>((channel, message))
-    }
-    .await;
+    let refuse = |e: IntakeError| intake_failed(adapter_name, name, e);
+    let adapter = Adapter::parse(adapter_name)
+        .ok_or_else(|| ApiError::NotFound(format!("no channel adapter `{adapter_name}`")))?;
+    let channel = settings
+        .channels
+        .get(adapter, name)
+        .cloned()
+        .ok_or_else(|| {
+            refuse(IntakeError::UnknownChannel {
+                adapter: adapter.as_str(),
+                name: name.to_owned(),
+            })
+        })?;
+    let body = read_body(&headers, body, settings.limits.max_body_bytes)
+        .await
+        .map_err(refuse)?;
     drop(settings);
-    let (channel, message) = result.map_err(|e| intake_failed("generic", &name, e))?;
-    let outcome = state.pipeline.accept(message).await?;
-    tracing::debug!(
-        channel = %channel.id,
-        inquiry = %outcome.inquiry,
-        duplicate = outcome.duplicate,
-        "webhook accepted"
-    );
-    let status = if outcome.duplicate {
-        StatusCode::OK
-    } else {
-        StatusCode::ACCEPTED
+    let path_and_query = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    let request = InboundRequest {
+        method: &method,
+        path_and_query,
+        action,
+        headers: &headers,
+        body: &body,
+        received_at: Utc::now(),
     };
-    let body = serde_json::json!({
-        "inquiry": outcome.inquiry,
-        "duplicate": outcome.duplicate,
-    });
-    Ok((status, axum::Json(body)).into_response())
+    let channel_id = channel.id().to_string();
+    if method == Method::GET {
+        return Ok(respond(channel.verify_get(&request).map_err(refuse)?));
+    }
+    let answer = match channel.inbound(&request).map_err(refuse)? {
+        Inbound::Answer(answer) => answer,
+        Inbound::Messages(messages) => {
+            let mut outcomes = Vec::with_capacity(messages.len());
+            for message in messages {
+                outcomes.push(state.pipeline.accept(message).await?);
+            }
+            channel.committed(&request, &outcomes)
+        }
+        Inbound::Statuses(statuses) => {
+            let matched = state.store.record_statuses(&channel_id, statuses).await?;
+            tracing::debug!(channel = channel_id, matched, "delivery statuses recorded");
+            channel.committed(&request, &[])
+        }
+        Inbound::Edits(edits) => {
+            let changed = state.store.apply_edits(&channel_id, edits).await?;
+            tracing::debug!(channel = channel_id, changed, "message edits applied");
+            channel.committed(&request, &[])
+        }
+    };
+    Ok(respond(answer))
+}
+
+fn respond(answer: Answer) -> Response {
+    (
+        answer.status,
+        [(header::CONTENT_TYPE, answer.content_type)],
+        answer.body,
+    )
+        .into_response()
 }
 
 fn intake_failed(adapter: &str, name: &str, error: IntakeError) -> ApiError {

@@ -13,9 +13,14 @@ use chrono::{DateTime, Utc};
 use serde::Deserialize;
 
 use super::signature::{hmac_sha256_hex, verify_hmac_sha256_hex};
-use super::{DeliveryError, IntakeError, Outbound, classify_response, classify_transport};
+use super::{
+    Answer, ChannelAdapter, Delivered, DeliveryError, DeliveryFuture, Inbound, InboundRequest,
+    IntakeError, Outbound, classify_response, classify_transport,
+};
 use crate::config::secret::{Secret, SecretSource};
-use crate::inquiry::{Adapter, ChannelId, Customer, Medium, NewMessage, ThreadHints};
+use crate::inquiry::{
+    Adapter, ChannelId, Customer, IntakeOutcome, Medium, NewMessage, ThreadHints,
+};
 
 /// The signature header, inbound and outbound.
 pub const SIGNATURE_HEADER: &str = "x-switchboard-signature";
@@ -102,10 +107,6 @@ impl GenericChannel {
         }
     }
 
-    pub fn can_reply(&self) -> bool {
-        self.reply_url.is_some()
-    }
-
     /// Checks `X-Switchboard-Signature` against the raw body.
     pub fn verify(&self, header: Option<&[u8]>, body: &[u8]) -> Result<(), IntakeError> {
         let header = header.ok_or_else(|| {
@@ -185,6 +186,7 @@ impl GenericChannel {
                 phone: non_empty(from.phone),
                 handle: non_empty(from.handle),
             },
+            customer_key: None,
             subject: non_empty(payload.subject),
             text: payload.text,
             language: payload.language,
@@ -198,11 +200,11 @@ impl GenericChannel {
     }
 
     /// POSTs an acknowledgement to `reply_url`, signed like inbound calls.
-    pub async fn deliver(
+    async fn post_reply(
         &self,
         http: &reqwest::Client,
         out: &Outbound,
-    ) -> Result<(), DeliveryError> {
+    ) -> Result<Delivered, DeliveryError> {
         let Some(url) = &self.reply_url else {
             return Err(DeliveryError::Permanent(format!(
                 "channel {} has no reply_url",
@@ -231,7 +233,51 @@ impl GenericChannel {
         classify_response(
             response.status(),
             response.headers().get(reqwest::header::RETRY_AFTER),
+        )?;
+        Ok(Delivered::default())
+    }
+}
+
+impl ChannelAdapter for GenericChannel {
+    fn id(&self) -> &ChannelId {
+        &self.id
+    }
+
+    fn inbound(&self, request: &InboundRequest<'_>) -> Result<Inbound, IntakeError> {
+        if request.method != http::Method::POST || !request.action.is_empty() {
+            return Err(IntakeError::NotFound);
+        }
+        self.verify(
+            request.headers.get(SIGNATURE_HEADER).map(|v| v.as_bytes()),
+            request.body,
+        )?;
+        let message = self.parse(request.body, request.received_at)?;
+        Ok(Inbound::Messages(vec![message]))
+    }
+
+    /// `202 {"inquiry", "duplicate": false}` for a new message,
+    /// `200 {…, "duplicate": true}` for one we had.
+    fn committed(&self, _request: &InboundRequest<'_>, outcomes: &[IntakeOutcome]) -> Answer {
+        let Some(outcome) = outcomes.first() else {
+            return Answer::json(http::StatusCode::OK, &serde_json::json!({}));
+        };
+        let status = if outcome.duplicate {
+            http::StatusCode::OK
+        } else {
+            http::StatusCode::ACCEPTED
+        };
+        Answer::json(
+            status,
+            &serde_json::json!({ "inquiry": outcome.inquiry, "duplicate": outcome.duplicate }),
         )
+    }
+
+    fn can_reply(&self) -> bool {
+        self.reply_url.is_some()
+    }
+
+    fn deliver<'a>(&'a self, http: &'a reqwest::Client, out: &'a Outbound) -> DeliveryFuture<'a> {
+        Box::pin(self.post_reply(http, out))
     }
 }
 

@@ -3,18 +3,26 @@
 //! rules or associates; it turns provider bytes into a [`NewMessage`] and an
 //! [`Outbound`] back into provider bytes.
 //!
-//! [`NewMessage`]: crate::inquiry::NewMessage
+//! Adding a provider: a file here with its `Config` (serde, documented), a
+//! type implementing [`ChannelAdapter`], its tests beside it; a field in
+//! `config::ChannelsConfig`. The API routes `/webhooks/<adapter>/<name>/…`
+//! to it without further wiring.
 
 pub mod generic;
 pub mod signature;
 
 use std::collections::BTreeMap;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::inquiry::{Adapter, ChannelId};
+use crate::inquiry::{Adapter, ChannelId, IntakeOutcome, NewMessage};
+pub use crate::inquiry::{MessageEdit, ProviderStatus};
 
 /// Why an inbound request was refused. Each maps to one HTTP status and one
 /// `kind` label in the intake error metric.
@@ -28,6 +36,12 @@ pub enum IntakeError {
     Malformed(String),
     #[error("body exceeds the limit of {limit} bytes")]
     TooLarge { limit: usize },
+    /// A verification handshake failed (wrong verify token): 403.
+    #[error("forbidden")]
+    Forbidden,
+    /// Nothing answers this method or path on this channel: 404.
+    #[error("not found")]
+    NotFound,
 }
 
 impl IntakeError {
@@ -38,6 +52,8 @@ impl IntakeError {
             IntakeError::BadSignature(_) => "bad_signature",
             IntakeError::Malformed(_) => "malformed",
             IntakeError::TooLarge { .. } => "too_large",
+            IntakeError::Forbidden => "forbidden",
+            IntakeError::NotFound => "not_found",
         }
     }
 }
@@ -71,31 +87,148 @@ pub enum DeliveryError {
     Permanent(String),
 }
 
+/// An inbound webhook request as an adapter sees it.
+#[derive(Debug)]
+pub struct InboundRequest<'a> {
+    pub method: &'a http::Method,
+    /// Path and query exactly as received (Twilio signs the full URL).
+    pub path_and_query: &'a str,
+    /// The URL after `/webhooks/<adapter>/<name>/`: `sms`, `voice`,
+    /// `voice/recording`, … or empty.
+    pub action: &'a str,
+    pub headers: &'a http::HeaderMap,
+    pub body: &'a [u8],
+    pub received_at: DateTime<Utc>,
+}
+
+impl InboundRequest<'_> {
+    /// A header as text, if present and ASCII.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// The query string, without the `?`.
+    pub fn query(&self) -> &str {
+        self.path_and_query
+            .split_once('?')
+            .map(|(_, q)| q)
+            .unwrap_or("")
+    }
+}
+
+/// An HTTP answer chosen by an adapter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answer {
+    pub status: http::StatusCode,
+    pub content_type: &'static str,
+    pub body: String,
+}
+
+impl Answer {
+    pub fn json(status: http::StatusCode, body: &serde_json::Value) -> Answer {
+        Answer {
+            status,
+            content_type: "application/json",
+            body: body.to_string(),
+        }
+    }
+
+    pub fn text(status: http::StatusCode, body: impl Into<String>) -> Answer {
+        Answer {
+            status,
+            content_type: "text/plain; charset=utf-8",
+            body: body.into(),
+        }
+    }
+}
+
+/// What a verified inbound request carries.
+#[derive(Debug, Clone)]
+pub enum Inbound {
+    /// Messages to commit; answer with [`ChannelAdapter::committed`] after.
+    Messages(Vec<NewMessage>),
+    /// Answer at once, nothing to store (handshakes, bot echoes, pings).
+    Answer(Answer),
+    /// Delivery-state updates of messages we sent; never inquiries.
+    Statuses(Vec<ProviderStatus>),
+    /// Edits of stored messages; never new inquiries.
+    Edits(Vec<MessageEdit>),
+}
+
+/// What became of an outbound message at the provider.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Delivered {
+    /// The provider's id for it, when it returns one (WhatsApp's wamid,
+    /// Twilio's MessageSid), so later status updates can find it.
+    pub provider_message_id: Option<String>,
+}
+
+pub type DeliveryFuture<'a> =
+    Pin<Box<dyn Future<Output = Result<Delivered, DeliveryError>> + Send + 'a>>;
+
+/// One configured channel instance of some provider. Implementations live
+/// one per file in this folder, each with its `Config`, parsing and tests.
+pub trait ChannelAdapter: Send + Sync + fmt::Debug {
+    fn id(&self) -> &ChannelId;
+
+    /// Authenticates and normalizes a webhook request. Must not block or
+    /// call out: the provider is waiting for the answer.
+    fn inbound(&self, request: &InboundRequest<'_>) -> Result<Inbound, IntakeError>;
+
+    /// The answer once the messages from `request` are committed (one
+    /// outcome per message, in order).
+    fn committed(&self, request: &InboundRequest<'_>, outcomes: &[IntakeOutcome]) -> Answer;
+
+    /// Answers a GET on the webhook URL (e.g. WhatsApp's verification
+    /// handshake). By default there is nothing there.
+    fn verify_get(&self, _request: &InboundRequest<'_>) -> Result<Answer, IntakeError> {
+        Err(IntakeError::NotFound)
+    }
+
+    /// Whether acknowledgements can be sent on this channel.
+    fn can_reply(&self) -> bool;
+
+    /// Sends `out` to the customer through the provider.
+    fn deliver<'a>(&'a self, http: &'a reqwest::Client, out: &'a Outbound) -> DeliveryFuture<'a>;
+}
+
 /// The configured channel instances, built from settings and swapped whole
 /// on reload.
 #[derive(Debug, Default)]
 pub struct Channels {
-    pub generic: BTreeMap<String, Arc<generic::GenericChannel>>,
+    by_id: BTreeMap<(Adapter, String), Arc<dyn ChannelAdapter>>,
 }
 
 impl Channels {
+    pub fn insert(&mut self, channel: Arc<dyn ChannelAdapter>) {
+        let id = channel.id().clone();
+        self.by_id.insert((id.adapter, id.name), channel);
+    }
+
+    pub fn get(&self, adapter: Adapter, name: &str) -> Option<&Arc<dyn ChannelAdapter>> {
+        self.by_id.get(&(adapter, name.to_owned()))
+    }
+
+    /// Looks a channel up by its `adapter/name` form, as stored.
+    pub fn by_name(&self, channel: &str) -> Option<&Arc<dyn ChannelAdapter>> {
+        let (adapter, name) = channel.split_once('/')?;
+        let adapter = Adapter::parse(adapter)?;
+        self.get(adapter, name)
+    }
+
     /// Whether acknowledgements can be sent on `channel` at all.
     pub fn can_reply(&self, channel: &ChannelId) -> bool {
-        match channel.adapter {
-            Adapter::Generic => self
-                .generic
-                .get(&channel.name)
-                .is_some_and(|c| c.can_reply()),
-            _ => false,
-        }
+        self.get(channel.adapter, &channel.name)
+            .is_some_and(|c| c.can_reply())
     }
 
     /// Every configured instance, for `/api/v1/channels` and `check`.
     pub fn ids(&self) -> Vec<ChannelId> {
-        self.generic
-            .keys()
-            .map(|n| ChannelId::new(Adapter::Generic, n.clone()))
-            .collect()
+        self.by_id.values().map(|c| c.id().clone()).collect()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_id.is_empty()
     }
 
     /// Sends `out` on the channel written as `adapter/name`.
@@ -104,17 +237,11 @@ impl Channels {
         http: &reqwest::Client,
         channel: &str,
         out: &Outbound,
-    ) -> Result<(), DeliveryError> {
-        let (adapter, name) = channel.split_once('/').unwrap_or((channel, ""));
-        match adapter {
-            "generic" => match self.generic.get(name) {
-                Some(c) => c.deliver(http, out).await,
-                None => Err(DeliveryError::Permanent(format!(
-                    "channel {channel} is no longer configured"
-                ))),
-            },
-            _ => Err(DeliveryError::Permanent(format!(
-                "channel {channel} cannot send messages"
+    ) -> Result<Delivered, DeliveryError> {
+        match self.by_name(channel) {
+            Some(c) => c.deliver(http, out).await,
+            None => Err(DeliveryError::Permanent(format!(
+                "channel {channel} is no longer configured"
             ))),
         }
     }

@@ -17,6 +17,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -296,9 +297,7 @@ impl Settings {
                 continue;
             }
             match generic::GenericChannel::from_config(name, cfg, &base) {
-                Ok(c) => {
-                    channels.generic.insert(name.clone(), c.into());
-                }
+                Ok(c) => channels.insert(Arc::new(c)),
                 Err(list) => {
                     for (key, msg) in list {
                         problem(&format!("channels.generic.{name}.{key}"), msg);
@@ -412,7 +411,7 @@ mod tests {
         assert_eq!(s.server.listen.port(), 8080);
         assert_eq!(s.limits.max_body_bytes, 1024 * 1024);
         assert!(s.ops_token.is_none());
-        assert!(s.channels.generic.is_empty());
+        assert!(s.channels.is_empty());
     }
 
     #[test]

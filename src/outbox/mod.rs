@@ -7,6 +7,7 @@
 //! is sent again after restart, with the same `delivery_id` so the receiver
 //! can drop the copy.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -43,30 +44,49 @@ impl Dispatcher {
 
     /// Runs until `shutdown` fires, then lets in-flight deliveries finish
     /// (the caller bounds how long it waits).
+    ///
+    /// Entries are claimed ahead, up to twice the concurrency, so a slot
+    /// freed by a finished delivery is refilled at once instead of waiting
+    /// for a claim to pass through the store's writer.
     pub async fn run(self, shutdown: CancellationToken) {
         let this = Arc::new(self);
         let wake = this.store.outbox_wake();
         let mut in_flight = JoinSet::new();
+        let mut queued: VecDeque<OutboxEntry> = VecDeque::new();
+        // Whether the outbox may hold due entries we have not claimed.
+        let mut maybe_more = true;
         loop {
             let config = this.settings.load().outbox.clone();
-            let room = config.concurrency.saturating_sub(in_flight.len());
-            if room > 0 {
-                match this.store.claim_due(room).await {
+            let backlog = in_flight.len() + queued.len();
+            if maybe_more && queued.len() < config.concurrency {
+                let want = (config.concurrency * 2).saturating_sub(backlog);
+                match this.store.claim_due(want).await {
                     Ok(entries) => {
-                        for entry in entries {
-                            let this = this.clone();
-                            in_flight.spawn(async move { this.deliver(entry).await });
-                        }
+                        maybe_more = entries.len() == want;
+                        queued.extend(entries);
                     }
-                    Err(e) => tracing::warn!(error = %e, "cannot read the outbox"),
+                    Err(e) => {
+                        maybe_more = false;
+                        tracing::warn!(error = %e, "cannot read the outbox");
+                    }
                 }
+            }
+            while in_flight.len() < config.concurrency {
+                let Some(entry) = queued.pop_front() else {
+                    break;
+                };
+                let this = this.clone();
+                in_flight.spawn(async move { this.deliver(entry).await });
             }
             tokio::select! {
                 _ = shutdown.cancelled() => break,
-                _ = wake.notified() => {}
+                _ = wake.notified() => maybe_more = true,
                 Some(_) = in_flight.join_next(), if !in_flight.is_empty() => {}
-                _ = tokio::time::sleep(config.poll_interval) => {}
+                _ = tokio::time::sleep(config.poll_interval) => maybe_more = true,
             }
+        }
+        for entry in queued {
+            this.store.release(entry.id);
         }
         tracing::info!(in_flight = in_flight.len(), "outbox dispatcher draining");
         while in_flight.join_next().await.is_some() {}
@@ -81,7 +101,7 @@ impl Dispatcher {
             Ok(out) => {
                 let send = settings.channels.deliver(&self.http, &entry.channel, &out);
                 match tokio::time::timeout(config.request_timeout, send).await {
-                    Ok(r) => r.map(|()| out.text),
+                    Ok(r) => r.map(|delivered| (out.text, delivered.provider_message_id)),
                     Err(_) => Err(DeliveryError::Transient("timed out".into())),
                 }
             }
@@ -95,7 +115,10 @@ impl Dispatcher {
         metrics::counter!("switchboard_outbox_deliveries_total", "channel" => entry.channel.clone(), "outcome" => outcome)
             .increment(1);
         let result = match result {
-            Ok(text) => DeliveryResult::Sent { text },
+            Ok((text, provider_message_id)) => DeliveryResult::Sent {
+                text,
+                provider_message_id,
+            },
             Err(DeliveryError::Permanent(error)) => DeliveryResult::Failed { error },
             Err(e) if attempt >= config.max_attempts => DeliveryResult::Failed {
                 error: format!("gave up after {attempt} attempts: {e}"),

@@ -20,10 +20,10 @@ use chrono::{DateTime, TimeZone, Utc};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{ConnectOptions, SqlitePool};
 use tokio::sync::{Notify, mpsc, oneshot};
-use tokio::task::JoinHandle;
 
 use crate::config::StoreConfig;
-use crate::inquiry::{NewMessage, Reference};
+pub use crate::inquiry::IntakeOutcome;
+use crate::inquiry::{MessageEdit, NewMessage, ProviderStatus};
 
 pub use reads::{
     EventRecord, InquiryDetail, InquiryFilter, InquiryPage, MessageRecord, OutboxCounts,
@@ -38,6 +38,8 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite")
 pub enum StoreError {
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
+    #[error("database error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
     #[error("schema migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("cannot prepare the database folder {path}: {source}")]
@@ -49,6 +51,8 @@ pub enum StoreError {
     BadUrl(String),
     #[error("the store is shutting down")]
     Closed,
+    #[error("cannot start the store writer: {0}")]
+    Thread(std::io::Error),
     #[error("stored data is inconsistent: {0}")]
     Corrupt(String),
 }
@@ -69,22 +73,12 @@ pub struct Intake {
     pub ack: AckPlan,
 }
 
-/// What the commit did with a message.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct IntakeOutcome {
-    pub inquiry: Reference,
-    pub inquiry_id: i64,
-    /// The provider sent this message before; nothing was written.
-    pub duplicate: bool,
-    /// The message opened a new inquiry (false: attached to an open one).
-    pub opened: bool,
-}
-
 /// The result of one delivery attempt of an outbox entry.
 #[derive(Debug, Clone)]
 pub enum DeliveryResult {
     Sent {
         text: String,
+        provider_message_id: Option<String>,
     },
     Retry {
         error: String,
@@ -110,12 +104,13 @@ pub struct DeliveryRecord {
 pub struct Store {
     pool: SqlitePool,
     jobs: mpsc::Sender<writer::Job>,
-    writer: Mutex<Option<JoinHandle<()>>>,
+    /// Fires when the writer thread has committed its last batch.
+    writer: Mutex<Option<oneshot::Receiver<()>>>,
     shutdown: tokio_util::sync::CancellationToken,
     outbox_wake: Arc<Notify>,
     /// Outbox ids handed to the dispatcher and not yet recorded: with one
     /// process per SQLite file this is the whole claim protocol.
-    in_flight: Mutex<HashSet<i64>>,
+    in_flight: Arc<Mutex<HashSet<i64>>>,
 }
 
 impl Store {
@@ -143,25 +138,24 @@ impl Store {
             .connect_with(options.clone())
             .await?;
         MIGRATOR.run(&pool).await?;
-        let conn = options.connect().await?;
         let (jobs, rx) = mpsc::channel(config.max_batch * 8);
         let outbox_wake = Arc::new(Notify::new());
         let shutdown = tokio_util::sync::CancellationToken::new();
+        let in_flight = Arc::new(Mutex::new(HashSet::new()));
         let handle = writer::spawn(
-            conn,
+            options.get_filename(),
             rx,
             config.max_batch,
             outbox_wake.clone(),
-            shutdown.clone(),
-        )
-        .await?;
+            in_flight.clone(),
+        )?;
         Ok(Arc::new(Store {
             pool,
             jobs,
             writer: Mutex::new(Some(handle)),
             shutdown,
             outbox_wake,
-            in_flight: Mutex::new(HashSet::new()),
+            in_flight,
         }))
     }
 
@@ -177,9 +171,15 @@ impl Store {
     pub async fn record_delivery(&self, record: DeliveryRecord) -> Result<(), StoreError> {
         let id = record.outbox_id;
         let (tx, rx) = oneshot::channel();
-        self.submit(writer::Job::Delivery(record, tx)).await?;
+        if let Err(e) = self.submit(writer::Job::Delivery(record, tx)).await {
+            self.release(id);
+            return Err(e);
+        }
         let result = rx.await.map_err(|_| StoreError::Closed)?;
-        self.in_flight.lock().expect("in_flight lock").remove(&id);
+        if result.is_err() {
+            // Not recorded: the entry is still pending and may be claimed again.
+            self.release(id);
+        }
         result
     }
 
@@ -190,17 +190,14 @@ impl Store {
         let busy = self.in_flight.lock().expect("in_flight lock").len();
         let (tx, rx) = oneshot::channel();
         self.submit(writer::Job::Claim {
-            limit: limit + busy,
+            limit,
+            scan: limit + busy,
             tx,
         })
         .await?;
-        let entries = rx.await.map_err(|_| StoreError::Closed)??;
-        let mut in_flight = self.in_flight.lock().expect("in_flight lock");
-        Ok(entries
-            .into_iter()
-            .filter(|e| in_flight.insert(e.id))
-            .take(limit)
-            .collect())
+        // The writer marks what it hands out in `in_flight`, in order with
+        // its commits: see `writer::Writer::answer`.
+        rx.await.map_err(|_| StoreError::Closed)?
     }
 
     /// Gives back a claimed entry without recording an attempt (shutdown).
@@ -209,6 +206,41 @@ impl Store {
             .lock()
             .expect("in_flight lock")
             .remove(&outbox_id);
+    }
+
+    /// Records delivery states a provider reported for messages we sent on
+    /// `channel`. Ids we do not know are ignored (not ours, or not yet
+    /// recorded); returns how many matched.
+    pub async fn record_statuses(
+        &self,
+        channel: &str,
+        statuses: Vec<ProviderStatus>,
+    ) -> Result<usize, StoreError> {
+        let (tx, rx) = oneshot::channel();
+        self.submit(writer::Job::Statuses {
+            channel: channel.to_owned(),
+            statuses,
+            tx,
+        })
+        .await?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Applies customers' edits to stored messages of `channel`; returns how
+    /// many messages changed. Edits of unknown messages are ignored.
+    pub async fn apply_edits(
+        &self,
+        channel: &str,
+        edits: Vec<MessageEdit>,
+    ) -> Result<usize, StoreError> {
+        let (tx, rx) = oneshot::channel();
+        self.submit(writer::Job::Edits {
+            channel: channel.to_owned(),
+            edits,
+            tx,
+        })
+        .await?;
+        rx.await.map_err(|_| StoreError::Closed)?
     }
 
     /// Woken whenever a commit adds outbox entries.
@@ -240,12 +272,15 @@ impl Store {
     /// Stops taking writes, commits what is queued, and waits for the
     /// writer to finish. Later writes fail with [`StoreError::Closed`].
     pub async fn close(&self) {
-        self.shutdown.cancel();
+        if !self.shutdown.is_cancelled() {
+            self.shutdown.cancel();
+            let _ = self.jobs.send(writer::Job::Stop).await;
+        }
         let handle = self.writer.lock().expect("writer lock").take();
         if let Some(handle) = handle
-            && let Err(e) = handle.await
+            && handle.await.is_err()
         {
-            tracing::error!(error = %e, "store writer task failed");
+            tracing::error!("the store writer stopped abnormally");
         }
         self.pool.close().await;
     }
@@ -300,6 +335,7 @@ mod tests {
                 medium: Medium::Generic,
                 provider_id: id.to_owned(),
                 customer: Customer::default(),
+                customer_key: None,
                 subject: None,
                 text: format!("text of {id}"),
                 language: None,
@@ -413,7 +449,10 @@ mod tests {
                 inquiry_id: done.inquiry_id,
                 kind: "ack".into(),
                 attempt: 1,
-                result: DeliveryResult::Sent { text: "hi".into() },
+                result: DeliveryResult::Sent {
+                    text: "hi".into(),
+                    provider_message_id: None,
+                },
             })
             .await
             .unwrap();
@@ -422,5 +461,111 @@ mod tests {
         assert_eq!(third.len(), 1, "only the released entry comes back");
         assert_eq!(third[0].id, first[1].id);
         assert_eq!(store.outbox_counts().await.unwrap().sent, 1);
+    }
+
+    #[tokio::test]
+    async fn follow_ups_from_the_same_customer_gather_within_the_window() {
+        let (_dir, store) = open_temp().await;
+        let sms = |id: &str, who: &str, window_ms: u64| {
+            let mut m = message(id, None);
+            m.message.customer_key = Some(format!("tel:{who}"));
+            m.message.thread.follow_up_window = Some(std::time::Duration::from_millis(window_ms));
+            m
+        };
+        let first = store.intake(sms("s1", "+491", 60_000)).await.unwrap();
+        let second = store.intake(sms("s2", "+491", 60_000)).await.unwrap();
+        let other = store.intake(sms("s3", "+492", 60_000)).await.unwrap();
+        assert!(first.opened && !second.opened && other.opened);
+        assert_eq!(first.inquiry, second.inquiry);
+        tokio::time::sleep(std::time::Duration::from_millis(30)).await;
+        let late = store.intake(sms("s4", "+491", 10)).await.unwrap();
+        assert!(late.opened, "outside the window a new inquiry opens");
+    }
+
+    #[tokio::test]
+    async fn statuses_and_edits_touch_only_known_messages() {
+        let (_dir, store) = open_temp().await;
+        store.intake(message("e1", None)).await.unwrap();
+        let entry = store.claim_due(1).await.unwrap().remove(0);
+        store
+            .record_delivery(DeliveryRecord {
+                outbox_id: entry.id,
+                inquiry_id: entry.inquiry_id,
+                kind: "ack".into(),
+                attempt: 1,
+                result: DeliveryResult::Sent {
+                    text: "hi".into(),
+                    provider_message_id: Some("wamid.1".into()),
+                },
+            })
+            .await
+            .unwrap();
+        let status = |id: &str| ProviderStatus {
+            provider_message_id: id.into(),
+            status: "delivered".into(),
+            detail: serde_json::json!({}),
+        };
+        let channel = "generic/test";
+        assert_eq!(
+            store
+                .record_statuses(channel, vec![status("wamid.1"), status("nope")])
+                .await
+                .unwrap(),
+            1
+        );
+        assert_eq!(
+            store
+                .record_statuses("generic/other", vec![status("wamid.1")])
+                .await
+                .unwrap(),
+            0
+        );
+        let edit = |id: &str, text: &str| MessageEdit {
+            provider_id: id.into(),
+            text: text.into(),
+        };
+        assert_eq!(
+            store
+                .apply_edits(channel, vec![edit("e1", "fixed typo")])
+                .await
+                .unwrap(),
+            1
+        );
+        assert_eq!(
+            store
+                .apply_edits(channel, vec![edit("e1", "fixed typo")])
+                .await
+                .unwrap(),
+            0,
+            "same edit again is a no-op"
+        );
+        assert_eq!(
+            store
+                .apply_edits(channel, vec![edit("zz", "x")])
+                .await
+                .unwrap(),
+            0
+        );
+        let detail = store
+            .inquiry(entry.reference.as_str())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(detail.messages[0].text, "fixed typo");
+        assert_eq!(
+            detail.outbox[0].provider_status.as_deref(),
+            Some("delivered")
+        );
+        let kinds: Vec<_> = detail.events.iter().map(|e| e.kind.as_str()).collect();
+        assert_eq!(
+            kinds,
+            [
+                "received",
+                "ack_queued",
+                "acknowledged",
+                "delivery_status",
+                "message_edited"
+            ]
+        );
     }
 }

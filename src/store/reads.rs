@@ -46,6 +46,9 @@ pub struct OutboxRecord {
     pub status: String,
     pub attempts: i64,
     pub last_error: Option<String>,
+    /// The provider's id of the sent message, and the latest state it reported.
+    pub provider_message_id: Option<String>,
+    pub provider_status: Option<String>,
 }
 
 /// Filters of `GET /api/v1/inquiries`.
@@ -88,7 +91,7 @@ pub struct OutboxCounts {
 }
 
 const INQUIRY_COLUMNS: &str = "id, reference, status, urgency, channel, medium, customer_name, customer_email, \
-     customer_phone, customer_handle, subject, language, created_at, updated_at";
+     customer_phone, customer_handle, customer_key, subject, language, created_at, updated_at";
 
 fn inquiry_from_row(row: &SqliteRow) -> Result<Inquiry, StoreError> {
     let corrupt = |e: crate::inquiry::UnknownValue| StoreError::Corrupt(e.to_string());
@@ -114,6 +117,7 @@ fn inquiry_from_row(row: &SqliteRow) -> Result<Inquiry, StoreError> {
             phone: row.try_get("customer_phone")?,
             handle: row.try_get("customer_handle")?,
         },
+        customer_key: row.try_get("customer_key")?,
         subject: row.try_get("subject")?,
         language: row.try_get("language")?,
         created_at: from_ms(row.try_get("created_at")?),
@@ -180,7 +184,8 @@ pub(super) async fn inquiry_detail(
         .collect::<Result<_, StoreError>>()?;
 
     let rows = sqlx::query(
-        "SELECT id, kind, channel, status, attempts, last_error FROM outbox WHERE inquiry_id = $1 ORDER BY id",
+        "SELECT id, kind, channel, status, attempts, last_error, provider_message_id, provider_status \
+         FROM outbox WHERE inquiry_id = $1 ORDER BY id",
     )
     .bind(inquiry.id)
     .fetch_all(pool)
@@ -195,6 +200,8 @@ pub(super) async fn inquiry_detail(
                 status: r.try_get("status")?,
                 attempts: r.try_get("attempts")?,
                 last_error: r.try_get("last_error")?,
+                provider_message_id: r.try_get("provider_message_id")?,
+                provider_status: r.try_get("provider_status")?,
             })
         })
         .collect::<Result<_, StoreError>>()?;
@@ -241,40 +248,6 @@ pub(super) async fn list_inquiries(
         None
     };
     Ok(InquiryPage { inquiries, next })
-}
-
-pub(super) async fn due_outbox(
-    conn: impl sqlx::SqliteExecutor<'_>,
-    now_ms: i64,
-    limit: usize,
-) -> Result<Vec<OutboxEntry>, StoreError> {
-    let rows = sqlx::query(
-        "SELECT o.id, o.inquiry_id, o.kind, o.channel, o.payload, o.attempts, i.reference, i.customer_name, i.subject \
-         FROM outbox o JOIN inquiries i ON i.id = o.inquiry_id \
-         WHERE o.status = 'pending' AND o.next_attempt_at <= $1 ORDER BY o.next_attempt_at, o.id LIMIT $2",
-    )
-    .bind(now_ms)
-    .bind(limit as i64)
-    .fetch_all(conn)
-    .await?;
-    rows.iter()
-        .map(|r| {
-            Ok(OutboxEntry {
-                id: r.try_get("id")?,
-                inquiry_id: r.try_get("inquiry_id")?,
-                kind: r.try_get("kind")?,
-                channel: r.try_get("channel")?,
-                payload: json_column(r, "payload")?,
-                attempts: r
-                    .try_get::<i64, _>("attempts")?
-                    .try_into()
-                    .unwrap_or(u32::MAX),
-                reference: Reference(r.try_get("reference")?),
-                customer_name: r.try_get("customer_name")?,
-                subject: r.try_get("subject")?,
-            })
-        })
-        .collect()
 }
 
 pub(super) async fn outbox_counts(pool: &SqlitePool) -> Result<OutboxCounts, StoreError> {
