@@ -329,6 +329,27 @@ impl Reference {
         Reference(out)
     }
 
+    /// The inquiry id behind a reference (any case), if it is well formed.
+    /// References are a bijection of ids, so the store needs no index on them.
+    pub fn to_id(reference: &str) -> Option<i64> {
+        let upper = reference.trim().to_ascii_uppercase();
+        let code = upper.strip_prefix(Self::PREFIX)?;
+        let bits = match code.len() {
+            6 => 30,
+            8 => 40,
+            _ => return None,
+        };
+        let mut scrambled = 0u64;
+        for b in code.bytes() {
+            let digit = CROCKFORD.iter().position(|c| *c == b)? as u64;
+            scrambled = scrambled << 5 | digit;
+        }
+        let id = feistel_inverse(scrambled, bits);
+        // Eight characters are only used from 2^30 on; anything else is forged.
+        let canonical = (bits == 30) == (id < (1 << 30));
+        (canonical && id > 0).then_some(id as i64)
+    }
+
     /// Finds a reference inside free text (a subject line, say); accepts
     /// lower case and the usual Crockford confusions are not guessed.
     pub fn find_in(text: &str) -> Option<Reference> {
@@ -363,15 +384,30 @@ impl fmt::Display for Reference {
     }
 }
 
+const FEISTEL_KEYS: [u64; 4] = [0x5bd1_e995, 0x9e37_79b9, 0x85eb_ca6b, 0xc2b2_ae35];
+
+fn feistel_round(half: u64, key: u64, mask: u64) -> u64 {
+    (half.wrapping_mul(key).wrapping_add(key >> 7) ^ (half >> 3)) & mask
+}
+
 /// A balanced Feistel permutation of `bits`-bit integers (bits even).
 fn feistel(x: u64, bits: u32) -> u64 {
-    const KEYS: [u64; 4] = [0x5bd1_e995, 0x9e37_79b9, 0x85eb_ca6b, 0xc2b2_ae35];
     let half = bits / 2;
     let mask = (1u64 << half) - 1;
     let (mut left, mut right) = (x >> half & mask, x & mask);
-    for key in KEYS {
-        let f = (right.wrapping_mul(key).wrapping_add(key >> 7) ^ (right >> 3)) & mask;
-        (left, right) = (right, left ^ f);
+    for key in FEISTEL_KEYS {
+        (left, right) = (right, left ^ feistel_round(right, key, mask));
+    }
+    (left << half) | right
+}
+
+/// The inverse of [`feistel`]: the rounds undone in reverse order.
+fn feistel_inverse(y: u64, bits: u32) -> u64 {
+    let half = bits / 2;
+    let mask = (1u64 << half) - 1;
+    let (mut left, mut right) = (y >> half & mask, y & mask);
+    for key in FEISTEL_KEYS.into_iter().rev() {
+        (left, right) = (right ^ feistel_round(left, key, mask), left);
     }
     (left << half) | right
 }
@@ -410,6 +446,25 @@ mod tests {
             assert!(seen.insert(r), "duplicate reference for id {id}");
         }
         assert_eq!(Reference::from_id((1 << 30) + 5).0.len(), 12);
+    }
+
+    #[test]
+    fn references_decode_back_to_their_ids() {
+        for id in (1..50_000).chain([(1 << 30) - 1, 1 << 30, (1 << 30) + 12_345]) {
+            let r = Reference::from_id(id);
+            assert_eq!(Reference::to_id(&r.0), Some(id), "{r}");
+            assert_eq!(Reference::to_id(&r.0.to_lowercase()), Some(id));
+        }
+        for bad in [
+            "",
+            "INQ-",
+            "INQ-ABC",
+            "XYZ-7K3F9Q",
+            "INQ-7K3F9U",
+            "INQ-0000000000",
+        ] {
+            assert_eq!(Reference::to_id(bad), None, "{bad}");
+        }
     }
 
     #[test]

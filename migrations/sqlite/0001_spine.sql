@@ -4,7 +4,7 @@
 
 CREATE TABLE inquiries (
     id              INTEGER PRIMARY KEY,      -- allocated by the writer; the reference derives from it
-    reference       TEXT    NOT NULL UNIQUE,
+    reference       TEXT    NOT NULL,         -- Reference::from_id(id): unique by construction, no index needed
     channel         TEXT    NOT NULL,         -- "adapter/name"
     medium          TEXT    NOT NULL,
     status          TEXT    NOT NULL,

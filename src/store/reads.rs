@@ -134,10 +134,13 @@ pub(super) async fn inquiry_detail(
     pool: &SqlitePool,
     reference: &str,
 ) -> Result<Option<InquiryDetail>, StoreError> {
+    let Some(id) = Reference::to_id(reference) else {
+        return Ok(None);
+    };
     let mut q = QueryBuilder::<Sqlite>::new(format!(
-        "SELECT {INQUIRY_COLUMNS} FROM inquiries WHERE reference = "
+        "SELECT {INQUIRY_COLUMNS} FROM inquiries WHERE id = "
     ));
-    q.push_bind(reference.to_ascii_uppercase());
+    q.push_bind(id);
     let Some(row) = q.build().fetch_optional(pool).await? else {
         return Ok(None);
     };
@@ -229,9 +232,9 @@ pub(super) async fn list_inquiries(
         q.push(" AND channel = ").push_bind(channel.clone());
     }
     if let Some(before) = &filter.before {
-        q.push(" AND id < (SELECT id FROM inquiries WHERE reference = ")
-            .push_bind(before.to_ascii_uppercase())
-            .push(")");
+        // A malformed cursor matches nothing rather than everything.
+        q.push(" AND id < ")
+            .push_bind(Reference::to_id(before).unwrap_or(0));
     }
     // One extra row tells whether another page exists.
     q.push(" ORDER BY id DESC LIMIT ")

@@ -77,6 +77,10 @@ pub(super) fn spawn(
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "FULL")?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
+    // Checkpoints run on their own thread (see `checkpointer`), so commits
+    // only append to the WAL; this is a backstop should that thread fall behind.
+    conn.pragma_update(None, "wal_autocheckpoint", 20_000)?;
+    conn.pragma_update(None, "cache_size", -32_768)?;
     conn.set_prepared_statement_cache_capacity(64);
     let last_id: i64 = conn.query_row("SELECT COALESCE(MAX(id), 0) FROM inquiries", [], |r| {
         r.get(0)
@@ -87,15 +91,41 @@ pub(super) fn spawn(
         outbox_wake,
         in_flight,
     };
+    let checkpoints = Connection::open(path)?;
+    checkpoints.busy_timeout(Duration::from_secs(1))?;
     let (done_tx, done_rx) = oneshot::channel();
+    let (stop_checkpoints, stopped) = std::sync::mpsc::channel::<()>();
+    std::thread::Builder::new()
+        .name("switchboard-checkpoint".into())
+        .spawn(move || checkpointer(checkpoints, stopped))
+        .map_err(StoreError::Thread)?;
     std::thread::Builder::new()
         .name("switchboard-writer".into())
         .spawn(move || {
             writer.run(rx, max_batch);
+            drop(stop_checkpoints);
             let _ = done_tx.send(());
         })
         .map_err(StoreError::Thread)?;
     Ok(done_rx)
+}
+
+/// Copies committed WAL frames into the database file in the background.
+/// A PASSIVE checkpoint never blocks the writer; when SQLite checkpointed
+/// inside a commit instead, every few commits paid for copying and syncing
+/// thousands of pages while intake waited.
+fn checkpointer(conn: Connection, stop: std::sync::mpsc::Receiver<()>) {
+    const INTERVAL: Duration = Duration::from_millis(200);
+    while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(INTERVAL) {
+        let result = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+            Ok((r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
+        });
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "background WAL checkpoint failed");
+        }
+    }
+    // A final full checkpoint leaves a tidy database file at shutdown.
+    let _ = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
 }
 
 struct Writer {
@@ -341,14 +371,17 @@ fn open_threads(conn: &Connection, intakes: &[&Intake]) -> Result<OpenThreads, S
             threads.by_key.insert(key.clone(), found);
         }
     }
-    let mut by_reference = conn
-        .prepare_cached("SELECT id FROM inquiries WHERE reference = ?1 AND status <> 'resolved'")?;
+    let mut by_reference =
+        conn.prepare_cached("SELECT id FROM inquiries WHERE id = ?1 AND status <> 'resolved'")?;
     for r in intakes
         .iter()
         .filter_map(|i| i.message.thread.reference.as_ref())
     {
+        let Some(wanted) = Reference::to_id(&r.0) else {
+            continue;
+        };
         if let Some(id) = by_reference
-            .query_row([&r.0], |row| row.get::<_, i64>(0))
+            .query_row([wanted], |row| row.get::<_, i64>(0))
             .optional()?
         {
             threads.by_reference.insert(r.0.clone(), id);
