@@ -130,6 +130,14 @@ impl IntoResponse for ApiError {
             axum::Json(serde_json::json!({ "error": self.to_string() })),
         )
             .into_response();
+        if status == StatusCode::PAYLOAD_TOO_LARGE {
+            // The rest of the body was not read: the connection cannot carry
+            // another request, so say so instead of letting the client reuse it.
+            response.headers_mut().insert(
+                header::CONNECTION,
+                header::HeaderValue::from_static("close"),
+            );
+        }
         if status == StatusCode::SERVICE_UNAVAILABLE {
             response
                 .headers_mut()

@@ -90,6 +90,11 @@ async fn handle(
 ) -> Result<Response, ApiError> {
     let settings = settings(&state);
     let refuse = |e: IntakeError| intake_failed(adapter_name, name, e);
+    // Read (within the limit) before any refusal, so the connection is
+    // left clean for the client's next request.
+    let body = read_body(&headers, body, settings.limits.max_body_bytes)
+        .await
+        .map_err(refuse)?;
     let adapter = Adapter::parse(adapter_name)
         .ok_or_else(|| ApiError::NotFound(format!("no channel adapter `{adapter_name}`")))?;
     let channel = settings
@@ -102,9 +107,6 @@ async fn handle(
                 name: name.to_owned(),
             })
         })?;
-    let body = read_body(&headers, body, settings.limits.max_body_bytes)
-        .await
-        .map_err(refuse)?;
     drop(settings);
     let path_and_query = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
     let request = InboundRequest {

@@ -11,8 +11,8 @@ mod reads;
 mod writer;
 
 use std::collections::HashSet;
-use std::path::Path;
 use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -106,7 +106,8 @@ pub struct Store {
     jobs: mpsc::Sender<writer::Job>,
     /// Fires when the writer thread has committed its last batch.
     writer: Mutex<Option<oneshot::Receiver<()>>>,
-    shutdown: tokio_util::sync::CancellationToken,
+    /// Set by `close`: later writes fail fast with `Closed`.
+    closing: AtomicBool,
     outbox_wake: Arc<Notify>,
     /// Outbox ids handed to the dispatcher and not yet recorded: with one
     /// process per SQLite file this is the whole claim protocol.
@@ -140,7 +141,6 @@ impl Store {
         MIGRATOR.run(&pool).await?;
         let (jobs, rx) = mpsc::channel(config.max_batch * 8);
         let outbox_wake = Arc::new(Notify::new());
-        let shutdown = tokio_util::sync::CancellationToken::new();
         let in_flight = Arc::new(Mutex::new(HashSet::new()));
         let handle = writer::spawn(
             options.get_filename(),
@@ -153,7 +153,7 @@ impl Store {
             pool,
             jobs,
             writer: Mutex::new(Some(handle)),
-            shutdown,
+            closing: AtomicBool::new(false),
             outbox_wake,
             in_flight,
         }))
@@ -272,8 +272,7 @@ impl Store {
     /// Stops taking writes, commits what is queued, and waits for the
     /// writer to finish. Later writes fail with [`StoreError::Closed`].
     pub async fn close(&self) {
-        if !self.shutdown.is_cancelled() {
-            self.shutdown.cancel();
+        if !self.closing.swap(true, Ordering::SeqCst) {
             let _ = self.jobs.send(writer::Job::Stop).await;
         }
         let handle = self.writer.lock().expect("writer lock").take();
@@ -286,19 +285,11 @@ impl Store {
     }
 
     async fn submit(&self, job: writer::Job) -> Result<(), StoreError> {
-        if self.shutdown.is_cancelled() {
+        if self.closing.load(Ordering::SeqCst) {
             return Err(StoreError::Closed);
         }
         self.jobs.send(job).await.map_err(|_| StoreError::Closed)
     }
-}
-
-/// The file behind a `sqlite://` URL, for tools and tests.
-pub fn sqlite_path(url: &str) -> Option<&Path> {
-    let rest = url
-        .strip_prefix("sqlite://")
-        .or_else(|| url.strip_prefix("sqlite:"))?;
-    Some(Path::new(rest.split('?').next().unwrap_or(rest)))
 }
 
 pub(crate) fn to_ms(t: DateTime<Utc>) -> i64 {
