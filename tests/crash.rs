@@ -81,14 +81,7 @@ async fn send_all(daemon: &mut Daemon, kill: bool) -> HashMap<usize, (u16, Strin
 }
 
 async fn outbox_counts(client: &reqwest::Client, daemon: &Daemon) -> (u64, u64, u64) {
-    let text = client
-        .get(daemon.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = metrics_text(client, daemon).await;
     let get = |status: &str| {
         text.lines()
             .find(|l| {

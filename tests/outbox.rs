@@ -138,14 +138,7 @@ async fn gives_up_after_max_attempts_when_the_endpoint_is_down() {
     assert_eq!(detail["outbox"][0]["attempts"], 5);
     let error = detail["outbox"][0]["last_error"].as_str().unwrap();
     assert!(error.contains("gave up after 5 attempts"), "{error}");
-    let metrics = client
-        .get(daemon.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics_text(&client, &daemon).await;
     assert!(
         metrics.contains("switchboard_outbox_entries{status=\"failed\"} 1"),
         "{metrics}"

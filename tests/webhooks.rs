@@ -229,14 +229,7 @@ async fn every_refusal_has_its_status_and_a_reason() {
     assert_eq!(s, 202);
 
     // The errors are counted by kind.
-    let metrics = client
-        .get(daemon.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics_text(&client, &daemon).await;
     for kind in ["bad_signature", "unknown_channel", "malformed", "too_large"] {
         assert!(
             metrics
@@ -333,14 +326,7 @@ async fn health_readiness_and_metrics() {
         let r = client.get(daemon.url(path)).send().await.unwrap();
         assert_eq!(r.status().as_u16(), 200, "{path}");
     }
-    let metrics = client
-        .get(daemon.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics_text(&client, &daemon).await;
     for needle in [
         "switchboard_inquiries_received_total{channel=\"generic/shop\"} 1",
         "switchboard_intake_duplicates_total{channel=\"generic/shop\"} 1",

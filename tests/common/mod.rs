@@ -247,6 +247,16 @@ pub async fn api_get(
     )
 }
 
+/// The daemon's `/metrics` text.
+pub async fn metrics_text(client: &reqwest::Client, daemon: &Daemon) -> String {
+    let response = client
+        .get(daemon.url("/metrics"))
+        .send()
+        .await
+        .expect("metrics request");
+    response.text().await.expect("metrics body")
+}
+
 /// Polls `f` until it returns `Some`, or panics after `within`.
 pub async fn eventually<T, F, Fut>(within: Duration, what: &str, mut f: F) -> T
 where
