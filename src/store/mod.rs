@@ -53,6 +53,8 @@ pub enum StoreError {
     Closed,
     #[error("cannot start the store writer: {0}")]
     Thread(std::io::Error),
+    #[error("cannot make the commit durable (WAL sync failed: {0})")]
+    Sync(String),
     #[error("stored data is inconsistent: {0}")]
     Corrupt(String),
 }
