@@ -356,7 +356,6 @@ impl Syncer {
             self.outbox_wake.notify_one();
         }
     }
-
 }
 
 fn fail(jobs: Vec<Job>, e: StoreError) {
