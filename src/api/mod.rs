@@ -52,11 +52,11 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(health::metrics))
         .route(
             "/webhooks/{adapter}/{name}",
-            post(webhooks::post_root).get(webhooks::get_root),
+            post(webhooks::webhook).get(webhooks::webhook),
         )
         .route(
             "/webhooks/{adapter}/{name}/{*action}",
-            post(webhooks::post_action).get(webhooks::get_action),
+            post(webhooks::webhook).get(webhooks::webhook),
         )
         .route("/api/v1/inquiries", get(inquiries::list))
         .route("/api/v1/inquiries/{reference}", get(inquiries::show))

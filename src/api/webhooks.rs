@@ -10,69 +10,39 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, Method, Uri, header};
 use axum::response::{IntoResponse, Response};
 use chrono::Utc;
+use serde::Deserialize;
 
 use super::{ApiError, AppState, settings};
 use crate::channels::{Answer, Inbound, InboundRequest, IntakeError};
 use crate::inquiry::Adapter;
 
-pub(super) async fn post_root(
+/// The path of `/webhooks/{adapter}/{name}` and `…/{name}/{*action}`.
+#[derive(Deserialize)]
+pub(super) struct WebhookPath {
+    adapter: String,
+    name: String,
+    #[serde(default)]
+    action: String,
+}
+
+/// Every webhook route and method (a GET's body is simply empty).
+pub(super) async fn webhook(
     state: State<AppState>,
-    Path((adapter, name)): Path<(String, String)>,
+    Path(path): Path<WebhookPath>,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    handle(state, &adapter, &name, "", method, uri, headers, body).await
-}
-
-pub(super) async fn post_action(
-    state: State<AppState>,
-    Path((adapter, name, action)): Path<(String, String, String)>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Body,
-) -> Result<Response, ApiError> {
-    handle(state, &adapter, &name, &action, method, uri, headers, body).await
-}
-
-pub(super) async fn get_root(
-    state: State<AppState>,
-    Path((adapter, name)): Path<(String, String)>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-) -> Result<Response, ApiError> {
     handle(
         state,
-        &adapter,
-        &name,
-        "",
+        &path.adapter,
+        &path.name,
+        &path.action,
         method,
         uri,
         headers,
-        Body::empty(),
-    )
-    .await
-}
-
-pub(super) async fn get_action(
-    state: State<AppState>,
-    Path((adapter, name, action)): Path<(String, String, String)>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-) -> Result<Response, ApiError> {
-    handle(
-        state,
-        &adapter,
-        &name,
-        &action,
-        method,
-        uri,
-        headers,
-        Body::empty(),
+        body,
     )
     .await
 }

@@ -53,6 +53,9 @@ pub enum StoreError {
     Closed,
     #[error("cannot start the store writer: {0}")]
     Thread(std::io::Error),
+    /// The failure of a batch, as reported to its other jobs.
+    #[error("{0}")]
+    SameFailure(String),
     #[error("cannot make the commit durable (WAL sync failed: {0})")]
     Sync(String),
     #[error("stored data is inconsistent: {0}")]

@@ -364,7 +364,7 @@ fn fail(jobs: Vec<Job>, e: StoreError) {
     for job in jobs {
         let err = first
             .take()
-            .unwrap_or_else(|| StoreError::Corrupt(text.clone()));
+            .unwrap_or_else(|| StoreError::SameFailure(text.clone()));
         match job {
             Job::Intake(_, tx) => {
                 let _ = tx.send(Err(err));
