@@ -112,11 +112,14 @@ impl FromStr for Medium {
 }
 
 /// How soon an inquiry needs a human. Ordered: `Critical` sorts first.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Urgency {
     Critical,
     High,
+    #[default]
     Normal,
     Low,
 }

@@ -30,7 +30,7 @@ impl Pipeline {
     pub async fn accept(&self, message: NewMessage) -> Result<IntakeOutcome, StoreError> {
         let channel = message.channel.to_string();
         let ack = self.ack_plan(&message);
-        let outcome = self.store.intake(Intake { message, ack }).await?;
+        let outcome = self.store.intake(Intake { message, ack, classification: Default::default() }).await?;
         if outcome.duplicate {
             metrics::counter!("switchboard_intake_duplicates_total", "channel" => channel.clone())
                 .increment(1);

@@ -8,6 +8,7 @@
 //! what lets the API answer a provider 2xx. Reads use a separate pool.
 
 mod reads;
+mod routing;
 mod writer;
 
 use std::collections::HashSet;
@@ -23,7 +24,7 @@ use tokio::sync::{Notify, mpsc, oneshot};
 
 use crate::config::StoreConfig;
 pub use crate::inquiry::IntakeOutcome;
-use crate::inquiry::{MessageEdit, NewMessage, ProviderStatus};
+use crate::inquiry::{MessageEdit, NewMessage, ProviderStatus, Urgency};
 
 pub use reads::{
     EventRecord, InquiryDetail, InquiryFilter, InquiryPage, MessageRecord, OutboxCounts,
@@ -76,6 +77,18 @@ pub enum AckPlan {
 pub struct Intake {
     pub message: NewMessage,
     pub ack: AckPlan,
+    /// What the rules decided; applied only if the message opens an inquiry.
+    pub classification: Classified,
+}
+
+/// The rules' verdict on a message, stored with the inquiry it opens.
+#[derive(Debug, Clone, Default)]
+pub struct Classified {
+    pub urgency: Urgency,
+    pub requirements: crate::routing::Requirements,
+    pub sla_due_at: Option<DateTime<Utc>>,
+    /// The rules' trace, recorded as the `classified` event.
+    pub trace: serde_json::Value,
 }
 
 /// The result of one delivery attempt of an outbox entry.
@@ -248,6 +261,22 @@ impl Store {
         rx.await.map_err(|_| StoreError::Closed)?
     }
 
+    /// Persists one round of the router's effects, durably, all or nothing.
+    pub async fn apply_routing(&self, effects: Vec<crate::routing::Effect>) -> Result<(), StoreError> {
+        let (tx, rx) = oneshot::channel();
+        self.submit(writer::Job::Routing(effects, tx)).await?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Open inquiries, offers, presence and recent assignments: what the
+    /// router is rebuilt from.
+    pub async fn routing_snapshot(
+        &self,
+        sticky_window: Duration,
+    ) -> Result<crate::routing::Snapshot, StoreError> {
+        routing::snapshot(&self.pool, sticky_window, to_ms(Utc::now())).await
+    }
+
     /// Woken whenever a commit adds outbox entries.
     pub fn outbox_wake(&self) -> Arc<Notify> {
         self.outbox_wake.clone()
@@ -346,6 +375,7 @@ mod tests {
                 template: "ack".into(),
                 language: "en".into(),
             },
+            classification: Classified::default(),
         }
     }
 

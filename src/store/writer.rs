@@ -24,7 +24,8 @@ use tokio::sync::{Notify, mpsc, oneshot};
 use super::{
     AckPlan, DeliveryRecord, DeliveryResult, Intake, IntakeOutcome, OutboxEntry, StoreError, to_ms,
 };
-use crate::inquiry::{MessageEdit, ProviderStatus, Reference, Status, Urgency};
+use crate::inquiry::{MessageEdit, ProviderStatus, Reference, Status};
+use crate::routing::Effect;
 
 pub(super) enum Job {
     Intake(
@@ -50,6 +51,8 @@ pub(super) enum Job {
         edits: Vec<MessageEdit>,
         tx: oneshot::Sender<Result<usize, StoreError>>,
     },
+    /// The router's effects of one round, all or nothing.
+    Routing(Vec<Effect>, oneshot::Sender<Result<(), StoreError>>),
     /// Process what is queued before this, then stop.
     Stop,
 }
@@ -60,6 +63,8 @@ enum Output {
     Done,
     Claimed(Vec<OutboxEntry>),
     Count(usize),
+    /// Routing written; `true` if it queued notifications.
+    Routed(bool),
 }
 
 /// Opens the writer's connection to `path` and starts its thread. The
@@ -260,6 +265,7 @@ impl Writer {
                 Job::Edits { channel, edits, .. } => {
                     Output::Count(write_edits(&tx, channel, edits, now)?)
                 }
+                Job::Routing(effects, _) => Output::Routed(super::routing::write(&tx, effects, now)?),
             });
         }
         tx.commit()?;
@@ -349,6 +355,10 @@ impl Syncer {
                 (Job::Statuses { tx, .. } | Job::Edits { tx, .. }, Output::Count(n)) => {
                     let _ = tx.send(Ok(n));
                 }
+                (Job::Routing(_, tx), Output::Routed(notified)) => {
+                    wake |= notified;
+                    let _ = tx.send(Ok(()));
+                }
                 _ => unreachable!("outputs follow job order"),
             }
         }
@@ -376,6 +386,9 @@ fn fail(jobs: Vec<Job>, e: StoreError) {
                 let _ = tx.send(Err(err));
             }
             Job::Statuses { tx, .. } | Job::Edits { tx, .. } => {
+                let _ = tx.send(Err(err));
+            }
+            Job::Routing(_, tx) => {
                 let _ = tx.send(Err(err));
             }
             Job::Stop => {}
@@ -560,6 +573,10 @@ impl<'a> Plan<'a> {
             if opened {
                 plan.inquiries.push((id, intake));
                 plan.events.push((id, "received", detail.to_string()));
+                if !intake.classification.trace.is_null() {
+                    plan.events
+                        .push((id, "classified", intake.classification.trace.to_string()));
+                }
                 match &intake.ack {
                     AckPlan::Send { template, language } => {
                         let payload = serde_json::json!({
@@ -597,17 +614,19 @@ impl<'a> Plan<'a> {
         let mut stmt = conn.prepare_cached(
             "INSERT INTO inquiries (id, reference, channel, medium, status, urgency, customer_name, \
              customer_email, customer_phone, customer_handle, customer_key, subject, language, \
-             created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+             created_at, updated_at, queue, requirements, sla_due_at, waiting_since) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?15)",
         )?;
         for (id, intake) in &self.inquiries {
             let m = &intake.message;
+            let c = &intake.classification;
             stmt.execute(params![
                 id,
                 Reference::from_id(*id).0,
                 m.channel.to_string(),
                 m.medium.as_str(),
                 Status::Open.as_str(),
-                Urgency::Normal.as_str(),
+                c.urgency.as_str(),
                 m.customer.name,
                 m.customer.email,
                 m.customer.phone,
@@ -617,6 +636,9 @@ impl<'a> Plan<'a> {
                 m.language,
                 to_ms(m.received_at),
                 now,
+                c.requirements.queue,
+                serde_json::to_string(&c.requirements).unwrap_or_default(),
+                c.sla_due_at.map(to_ms),
             ])?;
         }
         let mut stmt = conn.prepare_cached(
@@ -667,7 +689,7 @@ impl<'a> Plan<'a> {
     }
 }
 
-fn insert_events(
+pub(super) fn insert_events(
     conn: &Connection,
     events: &[(i64, &'static str, String)],
     now: i64,

@@ -1,0 +1,200 @@
+//! Routing persistence: the router's effects written in one transaction,
+//! and the snapshot it is rebuilt from at start.
+
+use std::time::Duration;
+
+use rusqlite::{Connection, params};
+use sqlx::Row;
+
+use super::StoreError;
+use crate::inquiry::{Medium, Status, Urgency};
+use crate::routing::engine::{Effect, NewWork, RestoredWork, Snapshot};
+use crate::routing::{Presence, Requirements};
+
+/// Writes `effects` in order. Runs inside the writer's batch transaction.
+pub(super) fn write(conn: &Connection, effects: &[Effect], now: i64) -> Result<bool, StoreError> {
+    let mut notified = false;
+    let mut events = Vec::new();
+    for e in effects {
+        match e {
+            Effect::Offer {
+                offer_id,
+                inquiry_id,
+                associate,
+                offered_at,
+                expires_at,
+            } => {
+                conn.prepare_cached(
+                    "INSERT INTO offers (id, inquiry_id, associate_id, offered_at, expires_at, state) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, 'open')",
+                )?
+                .execute(params![offer_id, inquiry_id, associate, offered_at, expires_at])?;
+            }
+            Effect::OfferClosed { offer_id, state, at } => {
+                conn.prepare_cached(
+                    "UPDATE offers SET state = ?1, decided_at = ?2 WHERE id = ?3 AND state = 'open'",
+                )?
+                .execute(params![state.as_str(), at, offer_id])?;
+            }
+            Effect::Status {
+                inquiry_id,
+                status,
+                assignee,
+                waiting_since,
+            } => {
+                conn.prepare_cached(
+                    "UPDATE inquiries SET status = ?1, assignee = COALESCE(?2, assignee), \
+                     waiting_since = COALESCE(?3, waiting_since), updated_at = ?4 WHERE id = ?5",
+                )?
+                .execute(params![status.as_str(), assignee, waiting_since, now, inquiry_id])?;
+            }
+            Effect::FirstResponse { inquiry_id, at } => {
+                conn.prepare_cached(
+                    "UPDATE inquiries SET first_response_at = COALESCE(first_response_at, ?1) WHERE id = ?2",
+                )?
+                .execute(params![at, inquiry_id])?;
+            }
+            Effect::SlaBreached { inquiry_id } => {
+                conn.prepare_cached("UPDATE inquiries SET sla_breached = 1 WHERE id = ?1")?
+                    .execute(params![inquiry_id])?;
+            }
+            Effect::Presence {
+                associate,
+                presence,
+                since,
+            } => {
+                conn.prepare_cached(
+                    "INSERT INTO presence (associate_id, presence, since) VALUES (?1, ?2, ?3) \
+                     ON CONFLICT (associate_id) DO UPDATE SET presence = excluded.presence, since = excluded.since",
+                )?
+                .execute(params![associate, presence.as_str(), since])?;
+            }
+            Effect::IdleSince { associate, at } => {
+                conn.prepare_cached(
+                    "INSERT INTO presence (associate_id, presence, since, idle_since) VALUES (?1, 'offline', ?2, ?2) \
+                     ON CONFLICT (associate_id) DO UPDATE SET idle_since = excluded.idle_since",
+                )?
+                .execute(params![associate, at])?;
+            }
+            Effect::Event {
+                inquiry_id,
+                kind,
+                detail,
+            } => events.push((*inquiry_id, *kind, detail.to_string())),
+            Effect::Notify {
+                inquiry_id,
+                associate,
+                what,
+                expires_at,
+            } => {
+                let payload = serde_json::json!({
+                    "associate": associate, "what": what, "expires_at": expires_at,
+                });
+                conn.prepare_cached(
+                    "INSERT INTO outbox (inquiry_id, kind, channel, payload, status, attempts, next_attempt_at, created_at) \
+                     VALUES (?1, 'notify', 'notify', ?2, 'pending', 0, ?3, ?3)",
+                )?
+                .execute(params![inquiry_id, payload.to_string(), now])?;
+                notified = true;
+            }
+        }
+    }
+    super::writer::insert_events(conn, &events, now)?;
+    Ok(notified)
+}
+
+/// Everything open, for the router to start from.
+pub(super) async fn snapshot(
+    pool: &sqlx::SqlitePool,
+    sticky_window: Duration,
+    now: i64,
+) -> Result<Snapshot, StoreError> {
+    let mut snapshot = Snapshot::default();
+    let rows = sqlx::query(
+        "SELECT i.id, i.reference, i.medium, i.urgency, i.customer_key, i.requirements, i.sla_due_at, \
+         COALESCE(i.waiting_since, i.created_at), i.status, i.assignee, i.first_response_at, i.sla_breached, \
+         o.id, o.associate_id, o.expires_at \
+         FROM inquiries i LEFT JOIN offers o ON o.inquiry_id = i.id AND o.state = 'open' \
+         WHERE i.status <> 'resolved'",
+    )
+    .fetch_all(pool)
+    .await?;
+    for r in rows {
+        let id: i64 = r.get(0);
+        let bad = |what: &str| StoreError::Corrupt(format!("inquiry {id}: {what}"));
+        let medium: Medium = r.get::<String, _>(2).parse().map_err(|_| bad("medium"))?;
+        let urgency: Urgency = r.get::<String, _>(3).parse().map_err(|_| bad("urgency"))?;
+        let status: Status = r.get::<String, _>(8).parse().map_err(|_| bad("status"))?;
+        let requirements: Requirements = match r.get::<Option<String>, _>(5) {
+            Some(text) => serde_json::from_str(&text).map_err(|_| bad("requirements"))?,
+            None => Requirements::default(),
+        };
+        let offer_id: Option<i64> = r.get(12);
+        snapshot.works.push(RestoredWork {
+            work: NewWork {
+                id,
+                reference: r.get(1),
+                medium,
+                urgency,
+                customer_key: r.get(4),
+                requirements,
+                sla_due: r.get(6),
+                waiting_since: r.get(7),
+            },
+            status,
+            assignee: r.get(9),
+            open_offer: offer_id.map(|o| (o, r.get(13), r.get(14))),
+            declined: Vec::new(),
+            expired: Vec::new(),
+            responded: r.get::<Option<i64>, _>(10).is_some(),
+            sla_breached: r.get::<i64, _>(11) != 0,
+        });
+    }
+    let passed = sqlx::query(
+        "SELECT o.inquiry_id, o.associate_id, o.state FROM offers o JOIN inquiries i ON i.id = o.inquiry_id \
+         WHERE i.status <> 'resolved' AND o.state IN ('declined', 'expired')",
+    )
+    .fetch_all(pool)
+    .await?;
+    let by_id: std::collections::HashMap<i64, usize> = snapshot
+        .works
+        .iter()
+        .enumerate()
+        .map(|(k, w)| (w.work.id, k))
+        .collect();
+    for r in passed {
+        if let Some(&k) = by_id.get(&r.get::<i64, _>(0)) {
+            let who: String = r.get(1);
+            if r.get::<String, _>(2) == "expired" {
+                snapshot.works[k].expired.push(who);
+            } else {
+                snapshot.works[k].declined.push(who);
+            }
+        }
+    }
+    for r in sqlx::query("SELECT associate_id, presence, since, idle_since FROM presence")
+        .fetch_all(pool)
+        .await?
+    {
+        let presence = Presence::parse(&r.get::<String, _>(1)).unwrap_or(Presence::Offline);
+        snapshot
+            .presence
+            .push((r.get(0), presence, r.get(2), r.get(3)));
+    }
+    let since = now - sticky_window.as_millis() as i64;
+    for r in sqlx::query(
+        "SELECT customer_key, assignee, MAX(updated_at) FROM inquiries \
+         WHERE customer_key IS NOT NULL AND assignee IS NOT NULL AND updated_at >= ?1 \
+         GROUP BY customer_key, assignee ORDER BY 3",
+    )
+    .bind(since)
+    .fetch_all(pool)
+    .await?
+    {
+        snapshot.sticky.push((r.get(0), r.get(1), r.get(2)));
+    }
+    snapshot.max_offer_id = sqlx::query_scalar("SELECT COALESCE(MAX(id), 0) FROM offers")
+        .fetch_one(pool)
+        .await?;
+    Ok(snapshot)
+}
