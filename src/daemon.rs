@@ -19,6 +19,7 @@ use crate::api::{self, AppState};
 use crate::config::{ConfigError, Settings};
 use crate::outbox::Dispatcher;
 use crate::pipeline::Pipeline;
+use crate::routing::Router;
 use crate::store::{Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
@@ -52,10 +53,22 @@ pub async fn run(config_path: &Path) -> Result<(), DaemonError> {
         })?;
     let local = listener.local_addr().map_err(DaemonError::Serve)?;
 
+    let router_stop = CancellationToken::new();
+    let (router, router_task) = {
+        let s = settings.load();
+        Router::start(
+            store.clone(),
+            s.roster.clone(),
+            s.routing.clone(),
+            router_stop.clone(),
+        )
+        .await?
+    };
     let state = AppState {
         settings: settings.clone(),
         store: store.clone(),
-        pipeline: Pipeline::new(store.clone(), settings.clone()),
+        pipeline: Pipeline::new(store.clone(), settings.clone(), Some(router.clone())),
+        router: router.clone(),
         metrics: crate::metrics::install(),
         ready: Arc::new(AtomicBool::new(true)),
     };
@@ -70,6 +83,7 @@ pub async fn run(config_path: &Path) -> Result<(), DaemonError> {
         handlers,
         config_path.to_path_buf(),
         settings.clone(),
+        router.clone(),
         shutdown.clone(),
     ));
     {
@@ -78,6 +92,7 @@ pub async fn run(config_path: &Path) -> Result<(), DaemonError> {
             listen = %local,
             store = %s.store.url,
             channels = s.channels.ids().len(),
+            associates = s.roster.associates.len(),
             api_enabled = s.ops_token.is_some(),
             "switchboard started"
         );
@@ -103,6 +118,14 @@ pub async fn run(config_path: &Path) -> Result<(), DaemonError> {
         Ok(Ok(Err(e))) => tracing::error!(error = %e, "HTTP server failed while draining"),
         Ok(Err(e)) => tracing::error!(error = %e, "HTTP server task failed"),
         Err(_) => tracing::warn!("drain timeout: dropping open connections"),
+    }
+    // The router stops before the store: its last round is committed.
+    router_stop.cancel();
+    if tokio::time::timeout_at(deadline, router_task)
+        .await
+        .is_err()
+    {
+        tracing::warn!("drain timeout: the router's last round may be redone after restart");
     }
     dispatcher_stop.cancel();
     if tokio::time::timeout_at(deadline, dispatcher).await.is_err() {
@@ -136,11 +159,17 @@ async fn watch_signals(
     mut signals: Signals,
     path: PathBuf,
     settings: Arc<ArcSwap<Settings>>,
+    router: Router,
     shutdown: CancellationToken,
 ) {
     loop {
         tokio::select! {
-            _ = signals.hup.recv() => reload(&path, &settings),
+            _ = signals.hup.recv() => {
+                if reload(&path, &settings) {
+                    let s = settings.load();
+                    router.reconfigure(s.roster.clone(), s.routing.clone());
+                }
+            }
             _ = signals.term.recv() => break,
             _ = signals.int.recv() => break,
         }
@@ -149,7 +178,8 @@ async fn watch_signals(
 }
 
 /// Re-reads the configuration and swaps it in whole, or keeps the old one.
-pub fn reload(path: &Path, settings: &ArcSwap<Settings>) {
+/// Returns whether the new one was taken.
+pub fn reload(path: &Path, settings: &ArcSwap<Settings>) -> bool {
     match Settings::load(path) {
         Ok(new) => {
             let old = settings.load();
@@ -160,13 +190,16 @@ pub fn reload(path: &Path, settings: &ArcSwap<Settings>) {
                 tracing::warn!("store settings changed: take effect after a restart");
             }
             let channels = new.channels.ids().len();
+            let associates = new.roster.associates.len();
             settings.store(Arc::new(new));
-            tracing::info!(channels, "configuration reloaded");
+            tracing::info!(channels, associates, "configuration reloaded");
+            true
         }
         Err(e) => {
             for problem in &e.problems {
                 tracing::error!(%problem, "configuration rejected; keeping the previous one");
             }
+            false
         }
     }
 }

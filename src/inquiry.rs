@@ -432,6 +432,16 @@ pub struct Inquiry {
     pub language: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// Team queue the rules chose, if any.
+    pub queue: Option<String>,
+    /// The associate holding it (or who last held it, once resolved).
+    pub assignee: Option<String>,
+    /// What the rules require of an associate: skills, language, tags,
+    /// relaxation steps and the rules that matched.
+    pub requirements: Option<serde_json::Value>,
+    pub sla_due_at: Option<DateTime<Utc>>,
+    pub sla_breached: bool,
+    pub first_response_at: Option<DateTime<Utc>>,
 }
 
 #[cfg(test)]

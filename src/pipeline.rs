@@ -11,18 +11,29 @@ use arc_swap::ArcSwap;
 
 use crate::config::Settings;
 use crate::inquiry::NewMessage;
-use crate::store::{AckPlan, Intake, IntakeOutcome, Store, StoreError};
+use crate::routing::{NewWork, Router};
+use crate::store::{AckPlan, Classified, Intake, IntakeOutcome, Store, StoreError};
 use crate::templates::DEFAULT_ACK;
 
 #[derive(Debug, Clone)]
 pub struct Pipeline {
     store: Arc<Store>,
     settings: Arc<ArcSwap<Settings>>,
+    /// Takes each new inquiry after its commit; `None` stores only.
+    router: Option<Router>,
 }
 
 impl Pipeline {
-    pub fn new(store: Arc<Store>, settings: Arc<ArcSwap<Settings>>) -> Self {
-        Pipeline { store, settings }
+    pub fn new(
+        store: Arc<Store>,
+        settings: Arc<ArcSwap<Settings>>,
+        router: Option<Router>,
+    ) -> Self {
+        Pipeline {
+            store,
+            settings,
+            router,
+        }
     }
 
     /// Commits `message` durably; only after this returns `Ok` may the
@@ -30,7 +41,36 @@ impl Pipeline {
     pub async fn accept(&self, message: NewMessage) -> Result<IntakeOutcome, StoreError> {
         let channel = message.channel.to_string();
         let ack = self.ack_plan(&message);
-        let outcome = self.store.intake(Intake { message, ack, classification: Default::default() }).await?;
+        let classification = Classified::default();
+        let routing = self.router.as_ref().map(|_| {
+            (
+                message.medium,
+                message.customer_key.clone(),
+                classification.clone(),
+            )
+        });
+        let outcome = self
+            .store
+            .intake(Intake {
+                message,
+                ack,
+                classification,
+            })
+            .await?;
+        if let (Some(router), Some((medium, customer_key, c))) = (&self.router, routing)
+            && outcome.opened
+        {
+            router.add(NewWork {
+                id: outcome.inquiry_id,
+                reference: outcome.inquiry.0.clone(),
+                medium,
+                urgency: c.urgency,
+                customer_key,
+                requirements: c.requirements,
+                sla_due: c.sla_due_at.map(|t| t.timestamp_millis()),
+                waiting_since: chrono::Utc::now().timestamp_millis(),
+            });
+        }
         if outcome.duplicate {
             metrics::counter!("switchboard_intake_duplicates_total", "channel" => channel.clone())
                 .increment(1);

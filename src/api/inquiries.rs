@@ -7,7 +7,8 @@ use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
 
 use super::{ApiError, AppState, require_ops, settings};
-use crate::inquiry::Status;
+use crate::inquiry::{Reference, Status};
+use crate::routing::Caller;
 use crate::store::{InquiryDetail, InquiryFilter};
 
 const DEFAULT_LIMIT: u32 = 50;
@@ -19,7 +20,21 @@ pub(super) async fn show(
     Path(reference): Path<String>,
     headers: HeaderMap,
 ) -> Result<Json<InquiryDetail>, ApiError> {
-    require_ops(&settings(&state), &headers)?;
+    // Ops see every inquiry; an associate sees those offered or assigned
+    // to them.
+    if let Caller::Associate(me) = super::associates::caller(&state, &headers)? {
+        let id = Reference::to_id(&reference).unwrap_or(0);
+        let holder = state
+            .router
+            .query(move |e| serde_json::json!(e.holder(id)))
+            .await
+            .ok();
+        if holder.as_ref().and_then(|h| h.as_str()) != Some(me.as_str()) {
+            return Err(ApiError::Forbidden(format!(
+                "inquiry {reference} is not offered or assigned to you"
+            )));
+        }
+    }
     state
         .store
         .inquiry(&reference)

@@ -4,6 +4,7 @@
 //! adapter, and pass the result to the pipeline. Every refusal is a JSON
 //! `{"error": "..."}` with a status that tells the caller whether to retry.
 
+mod associates;
 mod health;
 mod inquiries;
 mod webhooks;
@@ -18,13 +19,14 @@ use axum::extract::{MatchedPath, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use metrics_exporter_prometheus::PrometheusHandle;
 use subtle::ConstantTimeEq;
 
 use crate::channels::IntakeError;
 use crate::config::Settings;
 use crate::pipeline::Pipeline;
+
 use crate::store::{Store, StoreError};
 
 /// What every handler can reach.
@@ -33,6 +35,7 @@ pub struct AppState {
     pub settings: Arc<ArcSwap<Settings>>,
     pub store: Arc<Store>,
     pub pipeline: Pipeline,
+    pub router: crate::routing::Router,
     pub metrics: PrometheusHandle,
     /// Cleared when shutdown begins, so `/readyz` sends traffic elsewhere.
     pub ready: Arc<AtomicBool>,
@@ -60,7 +63,22 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/api/v1/inquiries", get(inquiries::list))
         .route("/api/v1/inquiries/{reference}", get(inquiries::show))
+        .route(
+            "/api/v1/inquiries/{reference}/{action}",
+            post(associates::act),
+        )
         .route("/api/v1/channels", get(inquiries::channels))
+        .route("/api/v1/associates", get(associates::list))
+        .route(
+            "/api/v1/associates/{id}/presence",
+            put(associates::set_presence),
+        )
+        .route("/api/v1/associates/{id}/offers", get(associates::offers))
+        .route(
+            "/api/v1/associates/{id}/assignments",
+            get(associates::assignments),
+        )
+        .route("/api/v1/queue", get(associates::queue))
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .layer(middleware::from_fn(record_latency))
         .with_state(state)
@@ -96,6 +114,10 @@ pub enum ApiError {
     NotFound(String),
     #[error("{0}")]
     BadRequest(String),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    Conflict(String),
     /// The store could not commit: the provider should retry later.
     #[error("temporarily unable to store the message; retry later")]
     Unavailable(#[source] StoreError),
@@ -112,7 +134,10 @@ impl IntoResponse for ApiError {
         let status = match &self {
             ApiError::Intake(IntakeError::UnknownChannel { .. } | IntakeError::NotFound)
             | ApiError::NotFound(_) => StatusCode::NOT_FOUND,
-            ApiError::Intake(IntakeError::Forbidden) => StatusCode::FORBIDDEN,
+            ApiError::Intake(IntakeError::Forbidden) | ApiError::Forbidden(_) => {
+                StatusCode::FORBIDDEN
+            }
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::Intake(IntakeError::BadSignature(_)) | ApiError::Unauthorized(_) => {
                 StatusCode::UNAUTHORIZED
             }
@@ -154,16 +179,22 @@ fn require_ops(settings: &Settings, headers: &HeaderMap) -> Result<(), ApiError>
             "the API is disabled: no api.ops_token is configured".into(),
         ));
     };
-    let given = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .ok_or_else(|| ApiError::Unauthorized("expected `Authorization: Bearer <token>`".into()))?;
-    if bool::from(given.trim().as_bytes().ct_eq(token.expose().as_bytes())) {
+    let given = bearer(headers)?;
+    if bool::from(given.as_bytes().ct_eq(token.expose().as_bytes())) {
         Ok(())
     } else {
         Err(ApiError::Unauthorized("invalid token".into()))
     }
+}
+
+/// The token of `Authorization: Bearer <token>`.
+fn bearer(headers: &HeaderMap) -> Result<&str, ApiError> {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .ok_or_else(|| ApiError::Unauthorized("expected `Authorization: Bearer <token>`".into()))
 }
 
 /// Convenience for handlers: the current settings.

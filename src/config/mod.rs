@@ -23,6 +23,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::channels::{Channels, generic};
+use crate::routing::{Roster, RoutingConfig};
 use crate::templates::AckTemplates;
 use secret::{Secret, SecretSource};
 
@@ -193,6 +194,16 @@ impl Default for OutboxConfig {
     }
 }
 
+/// `[roster]`
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RosterConfig {
+    /// The roster file, relative to this config's folder. Without it,
+    /// `roster.toml` beside the config is used if present, else nobody is
+    /// on the roster and every inquiry waits in the queue.
+    pub path: Option<PathBuf>,
+}
+
 /// `[channels.<adapter>.<name>]`
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -219,6 +230,10 @@ pub struct RawSettings {
     pub outbox: OutboxConfig,
     #[serde(default)]
     pub channels: ChannelsConfig,
+    #[serde(default)]
+    pub roster: RosterConfig,
+    #[serde(default)]
+    pub routing: RoutingConfig,
 }
 
 /// Validated settings, with secrets resolved, channels built and templates
@@ -234,6 +249,8 @@ pub struct Settings {
     pub outbox: OutboxConfig,
     pub templates: AckTemplates,
     pub channels: Channels,
+    pub roster: Arc<Roster>,
+    pub routing: RoutingConfig,
 }
 
 impl Settings {
@@ -306,6 +323,15 @@ impl Settings {
             }
         }
 
+        let roster = load_roster(&base, &raw.roster, &mut problems);
+        if raw.routing.explain_limit == 0 {
+            problems.push(Problem {
+                file: path.to_path_buf(),
+                key: "routing.explain_limit".into(),
+                message: "must be at least 1".into(),
+            });
+        }
+
         let template_dir = base.join(&raw.templates.path);
         let templates = match AckTemplates::load(&template_dir, &raw.templates.default_language) {
             Ok(t) => Some(t),
@@ -333,8 +359,45 @@ impl Settings {
                 outbox: raw.outbox,
                 templates,
                 channels,
+                roster: Arc::new(roster),
+                routing: raw.routing,
             }),
             _ => Err(ConfigError { problems }),
+        }
+    }
+}
+
+/// Loads the roster named by `[roster]`, adding its problems (with the
+/// roster file's name) to `problems`.
+fn load_roster(base: &Path, config: &RosterConfig, problems: &mut Vec<Problem>) -> Roster {
+    let (file, required) = match &config.path {
+        Some(p) => (base.join(p), true),
+        None => (base.join("roster.toml"), false),
+    };
+    let text = match std::fs::read_to_string(&file) {
+        Ok(t) => t,
+        Err(e) if !required && e.kind() == std::io::ErrorKind::NotFound => {
+            return Roster::default();
+        }
+        Err(e) => {
+            problems.push(Problem {
+                file,
+                key: String::new(),
+                message: format!("cannot read the roster: {e}"),
+            });
+            return Roster::default();
+        }
+    };
+    let folder = file.parent().unwrap_or(base).to_path_buf();
+    match Roster::from_str(&text, &folder, &crate::routing::roster::parse_hours) {
+        Ok(r) => r,
+        Err(list) => {
+            problems.extend(list.into_iter().map(|p| Problem {
+                file: file.clone(),
+                key: p.key,
+                message: p.message,
+            }));
+            Roster::default()
         }
     }
 }

@@ -7,6 +7,8 @@
 //! is sent again after restart, with the same `delivery_id` so the receiver
 //! can drop the copy.
 
+pub mod notify;
+
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
@@ -96,13 +98,21 @@ impl Dispatcher {
         let settings = self.settings.load_full();
         let config = &settings.outbox;
         let attempt = entry.attempts + 1;
-        let result = match self.render(&settings, &entry) {
-            Err(error) => Err(DeliveryError::Permanent(error)),
-            Ok(out) => {
-                let send = settings.channels.deliver(&self.http, &entry.channel, &out);
-                match tokio::time::timeout(config.request_timeout, send).await {
-                    Ok(r) => r.map(|delivered| (out.text, delivered.provider_message_id)),
-                    Err(_) => Err(DeliveryError::Transient("timed out".into())),
+        let result = if entry.kind == "notify" {
+            let send = notify::deliver(&self.http, &settings, &entry);
+            match tokio::time::timeout(config.request_timeout, send).await {
+                Ok(r) => r.map(|text| (text, None)),
+                Err(_) => Err(DeliveryError::Transient("timed out".into())),
+            }
+        } else {
+            match self.render(&settings, &entry) {
+                Err(error) => Err(DeliveryError::Permanent(error)),
+                Ok(out) => {
+                    let send = settings.channels.deliver(&self.http, &entry.channel, &out);
+                    match tokio::time::timeout(config.request_timeout, send).await {
+                        Ok(r) => r.map(|delivered| (out.text, delivered.provider_message_id)),
+                        Err(_) => Err(DeliveryError::Transient("timed out".into())),
+                    }
                 }
             }
         };
@@ -137,7 +147,7 @@ impl Dispatcher {
         };
         match &result {
             DeliveryResult::Sent { .. } => {
-                tracing::info!(inquiry = %entry.reference, outbox_id = entry.id, attempt, "acknowledgement sent")
+                tracing::info!(inquiry = %entry.reference, outbox_id = entry.id, kind = %entry.kind, attempt, "delivered")
             }
             DeliveryResult::Retry { error, .. } => {
                 tracing::warn!(inquiry = %entry.reference, outbox_id = entry.id, attempt, error, "delivery failed; will retry")

@@ -32,11 +32,7 @@ impl Bitset {
     }
 
     pub fn set(&mut self, i: usize, on: bool) {
-        if on {
-            self.insert(i)
-        } else {
-            self.remove(i)
-        }
+        if on { self.insert(i) } else { self.remove(i) }
     }
 
     pub fn contains(&self, i: usize) -> bool {

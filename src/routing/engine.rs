@@ -451,7 +451,7 @@ impl Engine {
         }
         let mut effects = Vec::new();
         self.close_offer(id, OfferState::Accepted, now, &mut effects);
-        self.assign(id, who, now, &mut effects);
+        self.assign(id, who, false, now, &mut effects);
         Ok(effects)
     }
 
@@ -544,7 +544,10 @@ impl Engine {
                 let p = &self.people[i];
                 let m = medium_index(medium);
                 if matches!(p.presence, Presence::Away | Presence::Offline) {
-                    return Err(RoutingError::Conflict(format!("{t} is {}", p.presence.as_str())));
+                    return Err(RoutingError::Conflict(format!(
+                        "{t} is {}",
+                        p.presence.as_str()
+                    )));
                 }
                 if p.load[m] + p.offered[m] >= self.roster.associates[i].capacity.get(medium) {
                     return Err(RoutingError::Conflict(format!(
@@ -574,7 +577,7 @@ impl Engine {
             }),
         });
         match &target {
-            Some(t) => self.assign(id, t, now, &mut effects),
+            Some(t) => self.assign(id, t, true, now, &mut effects),
             None => {
                 let work = self.works.get_mut(&id).expect("checked");
                 work.state = State::Waiting;
@@ -610,7 +613,9 @@ impl Engine {
             let theirs: Vec<i64> = self
                 .works
                 .values()
-                .filter(|w| matches!(&w.state, State::Offered { associate, .. } if associate == who))
+                .filter(
+                    |w| matches!(&w.state, State::Offered { associate, .. } if associate == who),
+                )
                 .map(|w| w.new.id)
                 .collect();
             for id in theirs {
@@ -743,7 +748,10 @@ impl Engine {
             .zip(&self.people)
             .map(|(a, p)| {
                 let media = |v: &[u16; 5]| -> BTreeMap<&'static str, u16> {
-                    MEDIA.iter().map(|m| (m.as_str(), v[medium_index(*m)])).collect()
+                    MEDIA
+                        .iter()
+                        .map(|m| (m.as_str(), v[medium_index(*m)]))
+                        .collect()
                 };
                 json!({
                     "id": a.id, "name": a.name, "team": a.team, "languages": a.languages,
@@ -858,7 +866,14 @@ impl Engine {
         }
     }
 
-    fn offer(&mut self, id: i64, who: &str, explanation: Value, now: i64, effects: &mut Vec<Effect>) {
+    fn offer(
+        &mut self,
+        id: i64,
+        who: &str,
+        explanation: Value,
+        now: i64,
+        effects: &mut Vec<Effect>,
+    ) {
         let i = self.roster.index_of(who).expect("winner is in the roster");
         let offer_id = self.next_offer_id;
         self.next_offer_id += 1;
@@ -896,12 +911,14 @@ impl Engine {
             kind: "offered",
             detail,
         });
-        effects.push(Effect::Notify {
-            inquiry_id: id,
-            associate: who.to_owned(),
-            what: "offer",
-            expires_at: Some(expires_at),
-        });
+        if self.notifies(i) {
+            effects.push(Effect::Notify {
+                inquiry_id: id,
+                associate: who.to_owned(),
+                what: "offer",
+                expires_at: Some(expires_at),
+            });
+        }
     }
 
     /// Ends the open offer of `id`, if any, freeing the capacity it held.
@@ -951,7 +968,14 @@ impl Engine {
         }
     }
 
-    fn assign(&mut self, id: i64, who: &str, now: i64, effects: &mut Vec<Effect>) {
+    fn assign(
+        &mut self,
+        id: i64,
+        who: &str,
+        via_transfer: bool,
+        now: i64,
+        effects: &mut Vec<Effect>,
+    ) {
         let work = self.works.get_mut(&id).expect("present");
         work.state = State::Assigned {
             associate: who.to_owned(),
@@ -975,7 +999,10 @@ impl Engine {
             waiting_since: None,
         });
         if first {
-            effects.push(Effect::FirstResponse { inquiry_id: id, at: now });
+            effects.push(Effect::FirstResponse {
+                inquiry_id: id,
+                at: now,
+            });
         }
         effects.push(Effect::IdleSince {
             associate: who.to_owned(),
@@ -986,12 +1013,19 @@ impl Engine {
             kind: "assigned",
             detail: json!({ "associate": who }),
         });
-        effects.push(Effect::Notify {
-            inquiry_id: id,
-            associate: who.to_owned(),
-            what: "assignment",
-            expires_at: None,
-        });
+        // Accepting needs no notice: the associate did it themselves.
+        if via_transfer && self.roster.index_of(who).is_some_and(|i| self.notifies(i)) {
+            effects.push(Effect::Notify {
+                inquiry_id: id,
+                associate: who.to_owned(),
+                what: "assignment",
+                expires_at: None,
+            });
+        }
+    }
+
+    fn notifies(&self, i: usize) -> bool {
+        self.roster.associates[i].notify != super::roster::NotifyVia::None
     }
 
     fn release(&mut self, who: &str, medium: Medium) {
@@ -1007,7 +1041,9 @@ impl Engine {
             return;
         };
         let State::Offered {
-            offer_id, associate, ..
+            offer_id,
+            associate,
+            ..
         } = &work.state
         else {
             return;
@@ -1226,7 +1262,10 @@ impl Engine {
         let m = medium_index(work.new.medium);
         let mut stages = vec![("roster".to_owned(), n)];
         let mut set = self.free[m].clone();
-        stages.push((format!("available with {} capacity", work.new.medium.as_str()), set.count()));
+        stages.push((
+            format!("available with {} capacity", work.new.medium.as_str()),
+            set.count(),
+        ));
         if let Some(q) = &eff.queue {
             match self.team_bits.get(q) {
                 Some(t) => set.intersect(t),
@@ -1236,7 +1275,9 @@ impl Engine {
         }
         for (skill, &level) in &eff.skills {
             match self.skill_ids.get(skill) {
-                Some(&sid) => set.intersect(&self.skill_bits[sid][usize::from(level.clamp(1, 5)) - 1]),
+                Some(&sid) => {
+                    set.intersect(&self.skill_bits[sid][usize::from(level.clamp(1, 5)) - 1])
+                }
                 None => set = Bitset::new(n),
             }
             stages.push((format!("{skill} >= {level}"), set.count()));
@@ -1325,7 +1366,12 @@ fn better(a: &Scored, b: &Scored, people: &[Person]) -> bool {
 }
 
 fn queue_key(w: &NewWork) -> QueueKey {
-    (w.urgency, w.sla_due.unwrap_or(i64::MAX), w.waiting_since, w.id)
+    (
+        w.urgency,
+        w.sla_due.unwrap_or(i64::MAX),
+        w.waiting_since,
+        w.id,
+    )
 }
 
 fn utc(ms: i64) -> DateTime<Utc> {
@@ -1339,8 +1385,8 @@ pub fn ms_to_rfc3339(ms: i64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::routing::roster::{Associate, Capacity, NotifyVia, WorkingHours};
     use crate::routing::RelaxStep;
+    use crate::routing::roster::{Associate, Capacity, NotifyVia, WorkingHours};
     use std::time::Duration;
 
     const MIN: i64 = 60_000;
@@ -1421,7 +1467,9 @@ mod tests {
 
     fn event<'a>(effects: &'a [Effect], kind: &str) -> Option<&'a Value> {
         effects.iter().find_map(|e| match e {
-            Effect::Event { kind: k, detail, .. } if *k == kind => Some(detail),
+            Effect::Event {
+                kind: k, detail, ..
+            } if *k == kind => Some(detail),
             _ => None,
         })
     }
@@ -1447,12 +1495,19 @@ mod tests {
         let mut e = engine(vec![person("anna", &[], &["en"], 1)]);
         assert_eq!(offered_to(&e.add(work(1, &[], Medium::Chat), 0)).len(), 1);
         let fx = e.add(work(2, &[], Medium::Chat), 1);
-        assert!(offered_to(&fx).is_empty(), "capacity 1 is taken by the open offer");
+        assert!(
+            offered_to(&fx).is_empty(),
+            "capacity 1 is taken by the open offer"
+        );
         assert!(event(&fx, "queued").is_some());
         e.accept(1, "anna", 2).unwrap();
         assert_eq!(e.accept(2, "anna", 3), Err(RoutingError::NotYours));
         let fx = e.resolve(1, Some("anna"), None, 4).unwrap();
-        assert_eq!(offered_to(&fx), vec![(2, "anna".into())], "backfill on resolve");
+        assert_eq!(
+            offered_to(&fx),
+            vec![(2, "anna".into())],
+            "backfill on resolve"
+        );
         assert_eq!(e.waiting_count(), 0);
     }
 
@@ -1471,8 +1526,14 @@ mod tests {
         let fx = e.tick(1 + timeout);
         assert!(event(&fx, "offer_expired").is_some());
         assert_eq!(offered_to(&fx), vec![(1, "cem".into())]);
-        assert_eq!(e.accept(1, "ben", 2 + timeout), Err(RoutingError::OfferExpired));
-        assert_eq!(e.decline(1, "anna", 2 + timeout), Err(RoutingError::NotYours));
+        assert_eq!(
+            e.accept(1, "ben", 2 + timeout),
+            Err(RoutingError::OfferExpired)
+        );
+        assert_eq!(
+            e.decline(1, "anna", 2 + timeout),
+            Err(RoutingError::NotYours)
+        );
         let fx = e.decline(1, "cem", 3 + timeout).unwrap();
         assert!(offered_to(&fx).is_empty(), "everyone passed: it waits");
         assert_eq!(e.waiting_count(), 1);
@@ -1495,7 +1556,11 @@ mod tests {
             .collect();
         assert_eq!(reasons, vec!["away", "outside working hours"]);
         let fx = e.set_presence("anna", Presence::Available, 5).unwrap();
-        assert_eq!(offered_to(&fx), vec![(1, "anna".into())], "backfill on presence");
+        assert_eq!(
+            offered_to(&fx),
+            vec![(1, "anna".into())],
+            "backfill on presence"
+        );
         let fx = e.set_presence("anna", Presence::Offline, 6).unwrap();
         assert!(event(&fx, "offer_withdrawn").is_some());
         assert!(matches!(
@@ -1520,7 +1585,10 @@ mod tests {
         again.id = 2;
         let fx = e.add(again.clone(), 4);
         assert_eq!(offered_to(&fx), vec![(2, "ben".into())]);
-        assert_eq!(event(&fx, "offered").unwrap()["candidates"][0]["sticky"], true);
+        assert_eq!(
+            event(&fx, "offered").unwrap()["candidates"][0]["sticky"],
+            true
+        );
         let window = e.config().sticky_window.as_millis() as i64;
         again.id = 3;
         let fx = e.add(again, window + 10);

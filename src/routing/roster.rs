@@ -187,6 +187,11 @@ struct AssociateEntry {
     token_file: Option<String>,
 }
 
+/// The daemon's parser of `[hours.<name>]` tables.
+pub fn parse_hours(_table: &toml::Value) -> Result<Arc<dyn WorkingHours>, String> {
+    Err("working-hours schedules are not supported by this build".into())
+}
+
 /// Turns a `[hours.<name>]` table into a schedule.
 pub type HoursParser<'a> = &'a dyn Fn(&toml::Value) -> Result<Arc<dyn WorkingHours>, String>;
 
@@ -207,7 +212,8 @@ impl Roster {
             }]
         })?;
         let mut problems = Vec::new();
-        let mut problem = |key: String, message: String| problems.push(RosterProblem { key, message });
+        let mut problem =
+            |key: String, message: String| problems.push(RosterProblem { key, message });
         let mut schedules = BTreeMap::new();
         for (name, table) in &file.hours {
             match parse_hours(table) {
@@ -237,7 +243,10 @@ impl Roster {
                 continue;
             }
             if !entry.email.contains('@') {
-                problem(key("email"), format!("`{}` is not an email address", entry.email));
+                problem(
+                    key("email"),
+                    format!("`{}` is not an email address", entry.email),
+                );
             }
             let mut skills = BTreeMap::new();
             for (skill, level) in &entry.skills {
@@ -257,7 +266,10 @@ impl Roster {
                 Some(name) => match schedules.get(name) {
                     Some(s) => Some(s.clone()),
                     None => {
-                        problem(key("hours"), format!("no schedule `[hours.{name}]` in the roster"));
+                        problem(
+                            key("hours"),
+                            format!("no schedule `[hours.{name}]` in the roster"),
+                        );
                         None
                     }
                 },
@@ -268,18 +280,26 @@ impl Roster {
                 (None | Some("webhook"), Some(url)) => match reqwest::Url::parse(url) {
                     Ok(u) if matches!(u.scheme(), "http" | "https") => NotifyVia::Webhook(u),
                     _ => {
-                        problem(key("notify_webhook"), format!("`{url}` is not an http(s) URL"));
+                        problem(
+                            key("notify_webhook"),
+                            format!("`{url}` is not an http(s) URL"),
+                        );
                         NotifyVia::None
                     }
                 },
                 (Some("webhook"), None) => {
-                    problem(key("notify_webhook"), "notify = \"webhook\" needs notify_webhook".into());
+                    problem(
+                        key("notify_webhook"),
+                        "notify = \"webhook\" needs notify_webhook".into(),
+                    );
                     NotifyVia::None
                 }
                 (Some(other), _) => {
                     problem(
                         key("notify"),
-                        format!("`{other}`: expected `email`, `webhook` or `none` (a webhook needs notify_webhook)"),
+                        format!(
+                            "`{other}`: expected `email`, `webhook` or `none` (a webhook needs notify_webhook)"
+                        ),
                     );
                     NotifyVia::None
                 }
@@ -368,7 +388,10 @@ impl Roster {
 
     /// Every team some associate is in.
     pub fn teams(&self) -> BTreeSet<String> {
-        self.associates.iter().filter_map(|a| a.team.clone()).collect()
+        self.associates
+            .iter()
+            .filter_map(|a| a.team.clone())
+            .collect()
     }
 }
 
@@ -377,13 +400,15 @@ fn token_hash(entry: &AssociateEntry, base: &Path) -> Result<Option<[u8; 32]>, S
         if entry.token_env.is_some() || entry.token_file.is_some() {
             return Err("give one of token_sha256, token_env, token_file".into());
         }
-        let bytes = hex::decode(hex_hash.trim()).map_err(|_| "token_sha256 is not hex".to_owned())?;
+        let bytes =
+            hex::decode(hex_hash.trim()).map_err(|_| "token_sha256 is not hex".to_owned())?;
         return bytes
             .try_into()
             .map(Some)
             .map_err(|_| "token_sha256 must be 64 hex digits (a SHA-256)".into());
     }
-    let secret = SecretSource::new("token", &None, &entry.token_env, &entry.token_file).resolve(base)?;
+    let secret =
+        SecretSource::new("token", &None, &entry.token_env, &entry.token_file).resolve(base)?;
     Ok(secret.map(|s| Sha256::digest(s.expose().as_bytes()).into()))
 }
 
@@ -436,7 +461,10 @@ mod tests {
         .unwrap();
         let anna = roster.get("anna").unwrap();
         assert_eq!(anna.capacity.email, 2);
-        assert_eq!(anna.capacity.chat, 0, "a partial capacity table means 0 elsewhere");
+        assert_eq!(
+            anna.capacity.chat, 0,
+            "a partial capacity table means 0 elsewhere"
+        );
         assert_eq!(anna.languages, vec!["en"]);
         assert!(anna.works_at(Utc::now()));
         assert_eq!(roster.by_token("test").unwrap().id, "anna");
@@ -444,7 +472,10 @@ mod tests {
         let ben = roster.get("ben").unwrap();
         assert_eq!(ben.languages, vec!["de"]);
         assert!(matches!(ben.notify, NotifyVia::Webhook(_)));
-        assert_eq!(roster.skills().into_iter().collect::<Vec<_>>(), vec!["billing"]);
+        assert_eq!(
+            roster.skills().into_iter().collect::<Vec<_>>(),
+            vec!["billing"]
+        );
     }
 
     #[test]
@@ -467,7 +498,10 @@ mod tests {
         .unwrap_err();
         let keys: Vec<_> = problems.iter().map(|p| p.key.as_str()).collect();
         assert!(keys.contains(&"associate[0] (anna).email"), "{keys:?}");
-        assert!(keys.contains(&"associate[0] (anna).skills.billing"), "{keys:?}");
+        assert!(
+            keys.contains(&"associate[0] (anna).skills.billing"),
+            "{keys:?}"
+        );
         assert!(keys.contains(&"associate[0] (anna).hours"), "{keys:?}");
         assert!(keys.contains(&"associate[0] (anna).notify"), "{keys:?}");
         assert!(keys.contains(&"associate[1] (anna).id"), "{keys:?}");
@@ -475,8 +509,9 @@ mod tests {
 
     #[test]
     fn unknown_fields_are_rejected() {
-        let problems = parse("[[associate]]\nid = \"a\"\nname = \"A\"\nemail = \"a@x\"\nskils = {}\n")
-            .unwrap_err();
+        let problems =
+            parse("[[associate]]\nid = \"a\"\nname = \"A\"\nemail = \"a@x\"\nskils = {}\n")
+                .unwrap_err();
         assert!(problems[0].message.contains("skils"), "{problems:?}");
     }
 }

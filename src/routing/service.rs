@@ -64,7 +64,10 @@ enum Command {
     },
     Presence(String, Presence, Reply<()>),
     Reconfigure(Arc<Roster>, RoutingConfig),
-    Query(Box<dyn FnOnce(&Engine) -> Value + Send>, oneshot::Sender<Value>),
+    Query(
+        Box<dyn FnOnce(&Engine) -> Value + Send>,
+        oneshot::Sender<Value>,
+    ),
 }
 
 /// A handle to the router task; cheap to clone.
@@ -226,9 +229,10 @@ async fn run(
                 }
                 Command::Accept(id, who, reply) => (reply, engine.accept(id, &who, now)),
                 Command::Decline(id, who, reply) => (reply, engine.decline(id, &who, now)),
-                Command::Resolve(id, who, note, reply) => {
-                    (reply, engine.resolve(id, who.as_deref(), note.as_deref(), now))
-                }
+                Command::Resolve(id, who, note, reply) => (
+                    reply,
+                    engine.resolve(id, who.as_deref(), note.as_deref(), now),
+                ),
                 Command::Transfer {
                     id,
                     by,

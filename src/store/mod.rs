@@ -262,7 +262,10 @@ impl Store {
     }
 
     /// Persists one round of the router's effects, durably, all or nothing.
-    pub async fn apply_routing(&self, effects: Vec<crate::routing::Effect>) -> Result<(), StoreError> {
+    pub async fn apply_routing(
+        &self,
+        effects: Vec<crate::routing::Effect>,
+    ) -> Result<(), StoreError> {
         let (tx, rx) = oneshot::channel();
         self.submit(writer::Job::Routing(effects, tx)).await?;
         rx.await.map_err(|_| StoreError::Closed)?

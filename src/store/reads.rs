@@ -91,7 +91,8 @@ pub struct OutboxCounts {
 }
 
 const INQUIRY_COLUMNS: &str = "id, reference, status, urgency, channel, medium, customer_name, customer_email, \
-     customer_phone, customer_handle, customer_key, subject, language, created_at, updated_at";
+     customer_phone, customer_handle, customer_key, subject, language, created_at, updated_at, queue, assignee, \
+     requirements, sla_due_at, sla_breached, first_response_at";
 
 fn inquiry_from_row(row: &SqliteRow) -> Result<Inquiry, StoreError> {
     let corrupt = |e: crate::inquiry::UnknownValue| StoreError::Corrupt(e.to_string());
@@ -122,6 +123,16 @@ fn inquiry_from_row(row: &SqliteRow) -> Result<Inquiry, StoreError> {
         language: row.try_get("language")?,
         created_at: from_ms(row.try_get("created_at")?),
         updated_at: from_ms(row.try_get("updated_at")?),
+        queue: row.try_get("queue")?,
+        assignee: row.try_get("assignee")?,
+        requirements: row
+            .try_get::<Option<String>, _>("requirements")?
+            .and_then(|t| serde_json::from_str(&t).ok()),
+        sla_due_at: row.try_get::<Option<i64>, _>("sla_due_at")?.map(from_ms),
+        sla_breached: row.try_get::<i64, _>("sla_breached")? != 0,
+        first_response_at: row
+            .try_get::<Option<i64>, _>("first_response_at")?
+            .map(from_ms),
     })
 }
 

@@ -30,7 +30,11 @@ pub(super) fn write(conn: &Connection, effects: &[Effect], now: i64) -> Result<b
                 )?
                 .execute(params![offer_id, inquiry_id, associate, offered_at, expires_at])?;
             }
-            Effect::OfferClosed { offer_id, state, at } => {
+            Effect::OfferClosed {
+                offer_id,
+                state,
+                at,
+            } => {
                 conn.prepare_cached(
                     "UPDATE offers SET state = ?1, decided_at = ?2 WHERE id = ?3 AND state = 'open'",
                 )?
@@ -46,7 +50,13 @@ pub(super) fn write(conn: &Connection, effects: &[Effect], now: i64) -> Result<b
                     "UPDATE inquiries SET status = ?1, assignee = COALESCE(?2, assignee), \
                      waiting_since = COALESCE(?3, waiting_since), updated_at = ?4 WHERE id = ?5",
                 )?
-                .execute(params![status.as_str(), assignee, waiting_since, now, inquiry_id])?;
+                .execute(params![
+                    status.as_str(),
+                    assignee,
+                    waiting_since,
+                    now,
+                    inquiry_id
+                ])?;
             }
             Effect::FirstResponse { inquiry_id, at } => {
                 conn.prepare_cached(

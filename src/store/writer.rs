@@ -265,7 +265,9 @@ impl Writer {
                 Job::Edits { channel, edits, .. } => {
                     Output::Count(write_edits(&tx, channel, edits, now)?)
                 }
-                Job::Routing(effects, _) => Output::Routed(super::routing::write(&tx, effects, now)?),
+                Job::Routing(effects, _) => {
+                    Output::Routed(super::routing::write(&tx, effects, now)?)
+                }
             });
         }
         tx.commit()?;

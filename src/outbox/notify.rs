@@ -1,0 +1,67 @@
+//! Associate notifications: "you have an offer", "this is now yours",
+//! delivered through the outbox like acknowledgements, so a crash neither
+//! loses nor repeats one.
+//!
+//! The target comes from the live roster at delivery time: a changed
+//! webhook URL applies to notifications still pending.
+
+use serde_json::json;
+
+use crate::channels::generic::DELIVERY_HEADER;
+use crate::channels::{DeliveryError, classify_response, classify_transport};
+use crate::config::Settings;
+use crate::routing::roster::NotifyVia;
+use crate::store::OutboxEntry;
+
+/// Sends one notification entry; returns the text sent.
+pub async fn deliver(
+    http: &reqwest::Client,
+    settings: &Settings,
+    entry: &OutboxEntry,
+) -> Result<String, DeliveryError> {
+    let field = |name: &str| entry.payload.get(name).and_then(|v| v.as_str());
+    let who = field("associate")
+        .ok_or_else(|| DeliveryError::Permanent("notification without an associate".into()))?;
+    let associate = settings
+        .roster
+        .get(who)
+        .ok_or_else(|| DeliveryError::Permanent(format!("{who} is no longer on the roster")))?;
+    let what = field("what").unwrap_or("offer");
+    let text = text(entry, what);
+    match &associate.notify {
+        NotifyVia::None => Ok(text),
+        NotifyVia::Webhook(url) => {
+            let body = json!({
+                "text": text,
+                "associate": who,
+                "inquiry": entry.reference,
+                "what": what,
+                "subject": entry.subject,
+                "expires_at": entry.payload.get("expires_at"),
+            });
+            let response = http
+                .post(url.clone())
+                .header(DELIVERY_HEADER, entry.id.to_string())
+                .json(&body)
+                .send()
+                .await
+                .map_err(|e| classify_transport(&e))?;
+            classify_response(response.status(), response.headers().get("retry-after"))?;
+            Ok(text)
+        }
+        NotifyVia::Email(_) => Err(DeliveryError::Permanent(
+            "email notifications need an [smtp] section (not configured)".into(),
+        )),
+    }
+}
+
+fn text(entry: &OutboxEntry, what: &str) -> String {
+    let subject = entry.subject.as_deref().unwrap_or("(no subject)");
+    match what {
+        "assignment" => format!("{} is now assigned to you: {subject}", entry.reference),
+        _ => format!(
+            "New offer {}: {subject} — accept or decline in Switchboard",
+            entry.reference
+        ),
+    }
+}
