@@ -216,6 +216,29 @@ pub struct Customer {
     pub handle: Option<String>,
 }
 
+impl Customer {
+    /// One key per person across channels: the phone number (digits with
+    /// a leading `+` kept) when known, else the lower-cased email address.
+    /// Sticky routing and follow-up gathering use it.
+    pub fn key(&self) -> Option<String> {
+        if let Some(phone) = &self.phone {
+            let digits: String = phone
+                .trim()
+                .trim_start_matches("whatsapp:")
+                .chars()
+                .enumerate()
+                .filter(|(i, c)| c.is_ascii_digit() || (*i == 0 && *c == '+'))
+                .map(|(_, c)| c)
+                .collect();
+            if digits.trim_start_matches('+').len() >= 5 {
+                return Some(format!("tel:{digits}"));
+            }
+        }
+        let email = self.email.as_deref()?.trim().to_lowercase();
+        email.contains('@').then(|| format!("email:{email}"))
+    }
+}
+
 /// Metadata of an attachment; contents live elsewhere (or at the provider).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AttachmentMeta {
@@ -496,6 +519,26 @@ mod tests {
         assert_eq!(Reference::find_in("INQ-ABC"), None);
         assert_eq!(Reference::find_in("INQ-7K3F9QX1Z"), None);
         assert_eq!(Reference::find_in("nothing here"), None);
+    }
+
+    #[test]
+    fn customer_keys_unify_formats() {
+        let phone = |p: &str| Customer {
+            phone: Some(p.into()),
+            ..Customer::default()
+        };
+        assert_eq!(phone("+49 170 1234567").key().unwrap(), "tel:+491701234567");
+        assert_eq!(
+            phone("whatsapp:+491701234567").key().unwrap(),
+            "tel:+491701234567"
+        );
+        assert_eq!(phone("12").key(), None);
+        let mail = Customer {
+            email: Some(" Ada@Example.ORG ".into()),
+            ..Customer::default()
+        };
+        assert_eq!(mail.key().unwrap(), "email:ada@example.org");
+        assert_eq!(Customer::default().key(), None);
     }
 
     #[test]

@@ -176,17 +176,18 @@ impl GenericChannel {
             thread.provides.push(key);
         }
         let from = payload.from.unwrap_or_default();
+        let customer = Customer {
+            name: non_empty(from.name),
+            email: non_empty(from.email),
+            phone: non_empty(from.phone),
+            handle: non_empty(from.handle),
+        };
         Ok(NewMessage {
             channel: self.id.clone(),
             medium: Medium::Generic,
             provider_id: id.to_owned(),
-            customer: Customer {
-                name: non_empty(from.name),
-                email: non_empty(from.email),
-                phone: non_empty(from.phone),
-                handle: non_empty(from.handle),
-            },
-            customer_key: None,
+            customer_key: customer.key(),
+            customer,
             subject: non_empty(payload.subject),
             text: payload.text,
             language: payload.language,

@@ -352,3 +352,41 @@ pub fn event_kinds(detail: &serde_json::Value) -> Vec<String> {
         })
         .unwrap_or_default()
 }
+
+/// Any API call with a bearer token and an optional JSON body.
+pub async fn api(
+    client: &reqwest::Client,
+    daemon: &Daemon,
+    method: reqwest::Method,
+    path: &str,
+    token: &str,
+    body: Option<serde_json::Value>,
+) -> (u16, serde_json::Value) {
+    let mut request = client.request(method, daemon.url(path)).bearer_auth(token);
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = request.send().await.expect("api request");
+    let status = response.status().as_u16();
+    (
+        status,
+        response.json().await.unwrap_or(serde_json::Value::Null),
+    )
+}
+
+/// Event kinds without those of rules and routing, which run beside the
+/// acknowledgement and may land in any order relative to it.
+pub fn ack_event_kinds(detail: &serde_json::Value) -> Vec<String> {
+    const ROUTING: [&str; 6] = [
+        "classified",
+        "queued",
+        "offered",
+        "relaxed",
+        "offer_expired",
+        "sla_breached",
+    ];
+    event_kinds(detail)
+        .into_iter()
+        .filter(|k| !ROUTING.contains(&k.as_str()))
+        .collect()
+}

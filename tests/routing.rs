@@ -1,0 +1,487 @@
+//! Routing over HTTP against the real binary: offers, accepts, declines,
+//! timeouts, backfill, presence, sticky routing, capacity under concurrent
+//! accepts, authorization, explanations and restart.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use reqwest::Method;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+/// Each associate's API token is `tok-<id>`.
+fn token(id: &str) -> String {
+    format!("tok-{id}")
+}
+
+/// `(id, skills, generic capacity)`; everyone speaks English, no hours.
+fn roster(people: &[(&str, &str, u16)], extra: &str) -> String {
+    let mut text = String::from(extra);
+    for (id, skills, cap) in people {
+        let hash = hex::encode(Sha256::digest(token(id).as_bytes()));
+        text.push_str(&format!(
+            "\n[[associate]]\nid = \"{id}\"\nname = \"{id}\"\nemail = \"{id}@bank.example\"\n\
+             languages = [\"en\"]\nskills = {{ {skills} }}\ncapacity = {{ generic = {cap} }}\n\
+             notify = \"none\"\ntoken_sha256 = \"{hash}\"\n"
+        ));
+    }
+    text
+}
+
+struct Desk {
+    setup: Setup,
+    daemon: Daemon,
+    client: reqwest::Client,
+}
+
+impl Desk {
+    fn start(roster_text: &str, routing: &str) -> Desk {
+        let setup = Setup::new(None);
+        std::fs::write(setup.dir.path().join("roster.toml"), roster_text).unwrap();
+        let extra = format!("[roster]\npath = \"roster.toml\"\n\n[routing]\n{routing}\n");
+        setup.write_config(&setup.config_text(None, &extra));
+        let daemon = setup.start();
+        Desk {
+            setup,
+            daemon,
+            client: http(),
+        }
+    }
+
+    async fn inquiry(&self, id: &str, email: &str) -> String {
+        let body = json!({"id": id, "from": {"email": email}, "subject": id, "text": "Hello"});
+        let (status, answer) = post_webhook(&self.client, &self.daemon, "shop", &body).await;
+        assert_eq!(status, 202, "{answer}");
+        answer["inquiry"].as_str().unwrap().to_owned()
+    }
+
+    async fn act(
+        &self,
+        who: &str,
+        reference: &str,
+        action: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let path = format!("/api/v1/inquiries/{reference}/{action}");
+        api(
+            &self.client,
+            &self.daemon,
+            Method::POST,
+            &path,
+            &token(who),
+            body,
+        )
+        .await
+    }
+
+    async fn ops(&self, method: Method, path: &str, body: Option<Value>) -> (u16, Value) {
+        api(&self.client, &self.daemon, method, path, TOKEN, body).await
+    }
+
+    async fn offers(&self, who: &str) -> Vec<String> {
+        let path = format!("/api/v1/associates/{who}/offers");
+        let (status, body) = api(
+            &self.client,
+            &self.daemon,
+            Method::GET,
+            &path,
+            &token(who),
+            None,
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+        body["offers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|o| o["inquiry"].as_str().unwrap().to_owned())
+            .collect()
+    }
+
+    /// Waits until `who` holds an offer for `reference`.
+    async fn offered(&self, who: &str, reference: &str) {
+        eventually(
+            Duration::from_secs(10),
+            &format!("offer of {reference} to {who}"),
+            || async {
+                self.offers(who)
+                    .await
+                    .contains(&reference.to_owned())
+                    .then_some(())
+            },
+        )
+        .await
+    }
+
+    async fn detail(&self, reference: &str) -> Value {
+        let (status, body) = self
+            .ops(Method::GET, &format!("/api/v1/inquiries/{reference}"), None)
+            .await;
+        assert_eq!(status, 200, "{body}");
+        body
+    }
+
+    async fn presence(&self, who: &str, presence: &str) {
+        let path = format!("/api/v1/associates/{who}/presence");
+        let (status, body) = api(
+            &self.client,
+            &self.daemon,
+            Method::PUT,
+            &path,
+            &token(who),
+            Some(json!({ "presence": presence })),
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+    }
+}
+
+fn events<'a>(detail: &'a Value, kind: &str) -> Vec<&'a Value> {
+    detail["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == kind)
+        .collect()
+}
+
+const AVAILABLE: &str = "initial_presence = \"available\"";
+
+#[tokio::test]
+async fn offer_accept_resolve_backfill_and_who_may_do_what() {
+    let desk = Desk::start(&roster(&[("anna", "", 1), ("ben", "", 1)], ""), AVAILABLE);
+    let first = desk.inquiry("m1", "c1@example.org").await;
+    desk.offered("anna", &first).await;
+
+    // Ben may neither take nor look at Anna's offer.
+    assert_eq!(desk.act("ben", &first, "accept", None).await.0, 403);
+    let path = format!("/api/v1/inquiries/{first}");
+    let (status, _) = api(
+        &desk.client,
+        &desk.daemon,
+        Method::GET,
+        &path,
+        &token("ben"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 403);
+    let (status, _) = api(
+        &desk.client,
+        &desk.daemon,
+        Method::GET,
+        "/api/v1/associates/anna/offers",
+        &token("ben"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 403);
+    let (status, _) = api(
+        &desk.client,
+        &desk.daemon,
+        Method::GET,
+        "/api/v1/queue",
+        &token("ben"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 403, "the queue is for ops");
+    let (status, _) = api(
+        &desk.client,
+        &desk.daemon,
+        Method::GET,
+        &path,
+        "no-such-token",
+        None,
+    )
+    .await;
+    assert_eq!(status, 401);
+
+    // Anna sees it with the explanation, and accepts.
+    let (status, mine) = api(
+        &desk.client,
+        &desk.daemon,
+        Method::GET,
+        &path,
+        &token("anna"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{mine}");
+    let offered = events(&mine, "offered");
+    assert_eq!(offered[0]["detail"]["winner"], "anna");
+    assert!(offered[0]["detail"]["candidates"].as_array().unwrap().len() == 2);
+    assert!(offered[0]["detail"]["weights"]["skill"].is_number());
+    let (status, body) = desk.act("anna", &first, "accept", None).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(desk.detail(&first).await["status"], "assigned");
+
+    let second = desk.inquiry("m2", "c2@example.org").await;
+    desk.offered("ben", &second).await;
+    let third = desk.inquiry("m3", "c3@example.org").await;
+    eventually(Duration::from_secs(10), "third in the queue", || async {
+        let (_, q) = desk.ops(Method::GET, "/api/v1/queue", None).await;
+        (q["waiting"][0]["inquiry"] == third.as_str()).then_some(())
+    })
+    .await;
+
+    // Resolving frees Anna's capacity: the waiting one is offered to her.
+    let (status, _) = desk
+        .act(
+            "anna",
+            &first,
+            "resolve",
+            Some(json!({"note": "card unblocked"})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    desk.offered("anna", &third).await;
+    let resolved = desk.detail(&first).await;
+    assert_eq!(resolved["status"], "resolved");
+    assert_eq!(
+        events(&resolved, "resolved")[0]["detail"]["note"],
+        "card unblocked"
+    );
+
+    // Errors: resolved → 409, unknown → 404, acting for others → 403,
+    // ops without a name → 400, bad JSON → 400, unknown associate → 404.
+    assert_eq!(desk.act("anna", &first, "accept", None).await.0, 409);
+    assert_eq!(desk.act("anna", "INQ-7K3F9Q", "accept", None).await.0, 404);
+    assert_eq!(
+        desk.act("anna", &second, "accept", Some(json!({"associate": "ben"})))
+            .await
+            .0,
+        403
+    );
+    let (status, _) = desk
+        .ops(
+            Method::POST,
+            &format!("/api/v1/inquiries/{second}/accept"),
+            None,
+        )
+        .await;
+    assert_eq!(status, 400);
+    let (status, _) = desk
+        .ops(
+            Method::PUT,
+            "/api/v1/associates/anna/presence",
+            Some(json!({"presence": "snoozing"})),
+        )
+        .await;
+    assert_eq!(status, 400);
+    let (status, _) = desk
+        .ops(
+            Method::PUT,
+            "/api/v1/associates/zed/presence",
+            Some(json!({"presence": "away"})),
+        )
+        .await;
+    assert_eq!(status, 404);
+    // Ops may act for Ben.
+    let (status, body) = desk
+        .ops(
+            Method::POST,
+            &format!("/api/v1/inquiries/{second}/accept"),
+            Some(json!({"associate": "ben"})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (_, list) = desk.ops(Method::GET, "/api/v1/associates", None).await;
+    let ben = list["associates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["id"] == "ben")
+        .unwrap();
+    assert_eq!(ben["load"]["generic"], 1);
+}
+
+#[tokio::test]
+async fn decline_and_timeout_pass_the_offer_on() {
+    let desk = Desk::start(
+        &roster(
+            &[
+                ("anna", "billing = 5", 2),
+                ("ben", "billing = 4", 2),
+                ("cem", "billing = 3", 2),
+            ],
+            "",
+        ),
+        &format!(
+            "{AVAILABLE}\nweights = {{ sticky = 0.0, skill = 0.0, load = 0.0, idle = 0.0 }}\noffer_timeout = {{ normal = \"1s\" }}"
+        ),
+    );
+    let r = desk.inquiry("m1", "c1@example.org").await;
+    desk.offered("anna", &r).await;
+    assert_eq!(desk.act("anna", &r, "decline", None).await.0, 200);
+    desk.offered("ben", &r).await;
+    // Ben lets it time out; it goes to Cem, and Ben's late accept is 409.
+    desk.offered("cem", &r).await;
+    assert_eq!(desk.act("ben", &r, "accept", None).await.0, 409);
+    assert_eq!(desk.act("cem", &r, "accept", None).await.0, 200);
+    let detail = desk.detail(&r).await;
+    let kinds = event_kinds(&detail);
+    for kind in ["offered", "declined", "offer_expired", "assigned"] {
+        assert!(kinds.iter().any(|k| k == kind), "{kind} missing: {kinds:?}");
+    }
+    assert_eq!(detail["assignee"], "cem");
+}
+
+#[tokio::test]
+async fn concurrent_accepts_never_exceed_capacity() {
+    let desk = Desk::start(&roster(&[("anna", "", 2), ("ben", "", 1)], ""), AVAILABLE);
+    let mut refs = Vec::new();
+    for i in 0..6 {
+        refs.push(
+            desk.inquiry(&format!("m{i}"), &format!("c{i}@example.org"))
+                .await,
+        );
+    }
+    eventually(Duration::from_secs(10), "three offers out", || async {
+        (desk.offers("anna").await.len() + desk.offers("ben").await.len() == 3).then_some(())
+    })
+    .await;
+    // Everyone tries to accept everything at once.
+    let mut attempts = Vec::new();
+    for r in &refs {
+        for who in ["anna", "ben"] {
+            attempts.push(desk.act(who, r, "accept", None));
+        }
+    }
+    let results = futures::future::join_all(attempts).await;
+    let ok = results.iter().filter(|(s, _)| *s == 200).count();
+    assert_eq!(ok, 3, "{results:?}");
+    assert!(
+        results.iter().all(|(s, _)| matches!(s, 200 | 403)),
+        "{results:?}"
+    );
+    let (_, list) = desk.ops(Method::GET, "/api/v1/associates", None).await;
+    for a in list["associates"].as_array().unwrap() {
+        let load = a["load"]["generic"].as_u64().unwrap();
+        let cap = a["capacity"]["generic"].as_u64().unwrap();
+        assert_eq!(load, cap, "{a}");
+    }
+    let mut assignees = Vec::new();
+    for r in &refs {
+        let d = desk.detail(r).await;
+        if d["status"] == "assigned" {
+            assignees.push(d["assignee"].as_str().unwrap().to_owned());
+        }
+    }
+    assignees.sort();
+    assert_eq!(assignees, vec!["anna", "anna", "ben"]);
+}
+
+#[tokio::test]
+async fn presence_gates_offers_and_offers_survive_a_restart() {
+    let mut desk = Desk::start(&roster(&[("anna", "", 2)], ""), "");
+    let r = desk.inquiry("m1", "c1@example.org").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(desk.offers("anna").await.is_empty(), "offline by default");
+    let detail = desk.detail(&r).await;
+    let queued = events(&detail, "queued");
+    assert_eq!(queued[0]["detail"]["excluded"][0]["reason"], "offline");
+
+    desk.presence("anna", "available").await;
+    desk.offered("anna", &r).await;
+
+    desk.daemon.signal("TERM");
+    assert_eq!(desk.daemon.wait_exit(Duration::from_secs(10)), Some(0));
+    desk.daemon = desk.setup.start();
+    assert_eq!(
+        desk.offers("anna").await,
+        vec![r.clone()],
+        "the open offer resumes"
+    );
+    assert_eq!(desk.act("anna", &r, "accept", None).await.0, 200);
+
+    desk.presence("anna", "away").await;
+    let second = desk.inquiry("m2", "c2@example.org").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(desk.offers("anna").await.is_empty(), "away gets no offers");
+    desk.presence("anna", "available").await;
+    desk.offered("anna", &second).await;
+}
+
+#[tokio::test]
+async fn the_customers_previous_associate_comes_first() {
+    let desk = Desk::start(
+        &roster(&[("anna", "", 3), ("ben", "", 3)], ""),
+        &format!(
+            "{AVAILABLE}\nweights = {{ sticky = 1000.0, skill = 0.0, load = 0.0, idle = 0.0 }}"
+        ),
+    );
+    let first = desk.inquiry("m1", "Loyal@Example.org").await;
+    desk.offered("anna", &first).await;
+    desk.act("anna", &first, "decline", None).await;
+    desk.offered("ben", &first).await;
+    desk.act("ben", &first, "accept", None).await;
+    desk.act("ben", &first, "resolve", None).await;
+
+    let again = desk.inquiry("m2", "loyal@example.org").await;
+    desk.offered("ben", &again).await;
+    let detail = desk.detail(&again).await;
+    let why = &events(&detail, "offered")[0]["detail"];
+    assert_eq!(why["candidates"][0]["associate"], "ben");
+    assert_eq!(why["candidates"][0]["sticky"], true);
+    assert_eq!(why["candidates"][1]["sticky"], false);
+}
+
+#[tokio::test]
+async fn transfer_moves_work_and_notifies_by_webhook() {
+    let hooks = ReplyServer::start(&[]).await;
+    let roster_text = roster(&[("anna", "", 2)], "")
+        + &format!(
+            "\n[[associate]]\nid = \"ben\"\nname = \"Ben\"\nemail = \"ben@bank.example\"\n\
+             capacity = {{ generic = 2 }}\nnotify_webhook = \"{}\"\ntoken_sha256 = \"{}\"\n",
+            hooks.url,
+            hex::encode(Sha256::digest(token("ben").as_bytes()))
+        );
+    let desk = Desk::start(&roster_text, AVAILABLE);
+    desk.presence("ben", "away").await;
+    let r = desk.inquiry("m1", "c1@example.org").await;
+    desk.offered("anna", &r).await;
+    desk.act("anna", &r, "accept", None).await;
+    // Away people cannot receive transfers; unknown ones are 404.
+    let (status, _) = desk
+        .act("anna", &r, "transfer", Some(json!({"to": "ben"})))
+        .await;
+    assert_eq!(status, 409);
+    let (status, _) = desk
+        .act("anna", &r, "transfer", Some(json!({"to": "zed"})))
+        .await;
+    assert_eq!(status, 404);
+    desk.presence("ben", "available").await;
+    let (status, body) = desk
+        .act(
+            "anna",
+            &r,
+            "transfer",
+            Some(json!({"to": "ben", "note": "fraud specialist"})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let note = eventually(
+        Duration::from_secs(10),
+        "assignment notification",
+        || async {
+            hooks
+                .received()
+                .into_iter()
+                .find(|d| d.body["what"] == "assignment")
+        },
+    )
+    .await;
+    assert_eq!(note.body["inquiry"], r.as_str());
+    assert_eq!(note.body["associate"], "ben");
+    assert!(note.body["text"].as_str().unwrap().contains(&r));
+    let detail = desk.detail(&r).await;
+    assert_eq!(detail["assignee"], "ben");
+    assert_eq!(
+        events(&detail, "transferred")[0]["detail"]["note"],
+        "fraud specialist"
+    );
+    assert!(event_kinds(&detail).iter().any(|k| k == "notified"));
+}
