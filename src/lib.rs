@@ -15,5 +15,6 @@ pub mod inquiry;
 pub mod metrics;
 pub mod outbox;
 pub mod pipeline;
+pub mod rules;
 pub mod store;
 pub mod templates;

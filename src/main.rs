@@ -19,6 +19,7 @@ fn main() -> ExitCode {
                     config.display(),
                     settings.channels.ids().len()
                 );
+                println!("rules: ok ({} rule(s))", settings.rules.len());
                 ExitCode::SUCCESS
             }
             Err(e) => {
