@@ -15,6 +15,7 @@ pub mod inquiry;
 pub mod metrics;
 pub mod outbox;
 pub mod pipeline;
+pub mod rule_fixtures;
 pub mod rules;
 pub mod store;
 pub mod templates;

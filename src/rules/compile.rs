@@ -478,6 +478,8 @@ struct Ctx<'a> {
     ladders: &'a BTreeMap<String, Vec<RelaxStep>>,
     /// Schedules the file defines that did not compile (reported already).
     broken_schedules: BTreeSet<String>,
+    /// Ladders the file defines that could not be read (reported already).
+    broken_ladders: &'a BTreeSet<String>,
     rule: Option<String>,
     problems: Vec<ReadProblem>,
 }
@@ -877,7 +879,12 @@ fn compile_rule(f: &RuleFile, ctx: &mut Ctx<'_>) -> Option<Rule> {
         a.suppress_ack = Some(r.trim().to_owned());
     }
     if let Some(l) = &f.relaxation {
-        if !ctx.ladders.contains_key(l) {
+        if ctx.broken_ladders.contains(l) {
+            ctx.problem(
+                "relaxation",
+                format!("ladder `{l}` has problems (see `relaxation.{l}`)"),
+            );
+        } else if !ctx.ladders.contains_key(l) {
             let known: BTreeSet<String> = ctx.ladders.keys().cloned().collect();
             ctx.problem(
                 "relaxation",
@@ -982,8 +989,7 @@ fn compile_ladder(
 
 /// Parses and validates a rules file. With any problem, every problem found.
 pub fn compile(text: &str, catalog: &Catalog) -> Result<RuleSet, Vec<ReadProblem>> {
-    let file = RulesFile::parse(text)?;
-    let mut problems = Vec::new();
+    let (file, mut problems) = RulesFile::parse(text)?;
 
     let mut sla = BTreeMap::new();
     for (urgency, d) in [
@@ -1030,8 +1036,10 @@ pub fn compile(text: &str, catalog: &Catalog) -> Result<RuleSet, Vec<ReadProblem
             .hours
             .keys()
             .filter(|n| !schedules.contains_key(*n))
+            .chain(&file.broken_hours)
             .cloned()
             .collect(),
+        broken_ladders: &file.broken_ladders,
         rule: None,
         problems,
     };

@@ -5,7 +5,7 @@
 //! own, so each unknown field or wrong type is reported with its rule's
 //! name and the path of the key inside it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -135,6 +135,10 @@ pub struct RulesFile {
     pub hours: BTreeMap<String, ScheduleSpec>,
     pub relaxation: BTreeMap<String, Vec<RelaxStepFile>>,
     pub rules: Vec<RuleFile>,
+    /// `[hours.<name>]` entries that could not be read (already reported).
+    pub broken_hours: BTreeSet<String>,
+    /// `[relaxation]` ladders that could not be read (already reported).
+    pub broken_ladders: BTreeSet<String>,
 }
 
 /// A problem found while reading: the rule (by name, or `#n` when it has
@@ -149,8 +153,11 @@ pub struct ReadProblem {
 const SECTIONS: &str = "`sla`, `hours`, `relaxation` and `rule`";
 
 impl RulesFile {
-    /// Parses `text`; with any problem, every problem found.
-    pub fn parse(text: &str) -> Result<RulesFile, Vec<ReadProblem>> {
+    /// Parses `text`. A TOML syntax error is the only problem reported
+    /// (`Err`); otherwise every part that could be read, with the problems
+    /// of the parts that could not, so validation can go on and report
+    /// everything at once.
+    pub fn parse(text: &str) -> Result<(RulesFile, Vec<ReadProblem>), Vec<ReadProblem>> {
         let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
             vec![ReadProblem {
                 rule: None,
@@ -173,7 +180,10 @@ impl RulesFile {
                                 Ok(spec) => {
                                     out.hours.insert(name, spec);
                                 }
-                                Err(p) => problems.push(p.global()),
+                                Err(p) => {
+                                    out.broken_hours.insert(name);
+                                    problems.push(p.global())
+                                }
                             }
                         }
                     }
@@ -186,7 +196,10 @@ impl RulesFile {
                                 Ok(steps) => {
                                     out.relaxation.insert(name, steps);
                                 }
-                                Err(p) => problems.push(p.global()),
+                                Err(p) => {
+                                    out.broken_ladders.insert(name);
+                                    problems.push(p.global())
+                                }
                             }
                         }
                     }
@@ -224,11 +237,7 @@ impl RulesFile {
                 }),
             }
         }
-        if problems.is_empty() {
-            Ok(out)
-        } else {
-            Err(problems)
-        }
+        Ok((out, problems))
     }
 }
 
@@ -281,7 +290,7 @@ mod tests {
 
     #[test]
     fn reads_every_section() {
-        let f = RulesFile::parse(
+        let (f, problems) = RulesFile::parse(
             r#"
             [sla]
             critical = "15m"
@@ -300,6 +309,7 @@ mod tests {
             "#,
         )
         .unwrap();
+        assert!(problems.is_empty(), "{problems:?}");
         assert_eq!(f.sla.critical, Some(Duration::from_secs(900)));
         assert!(f.hours.contains_key("office"));
         assert_eq!(f.relaxation["default"].len(), 1);
@@ -311,7 +321,7 @@ mod tests {
 
     #[test]
     fn every_rule_reports_its_own_problem_with_a_path() {
-        let problems = RulesFile::parse(
+        let (_, problems) = RulesFile::parse(
             r#"
             [sla]
             urgent = "1h"
@@ -326,7 +336,7 @@ mod tests {
             [oops]
             "#,
         )
-        .unwrap_err();
+        .unwrap();
         let got: Vec<_> = problems
             .iter()
             .map(|p| (p.rule.clone(), p.key.clone()))
