@@ -1,4 +1,4 @@
-//! The command line: `switchboard run | check`, each with `--config PATH`.
+//! The command line: `switchboard run | check | test-rules`, each with `--config PATH`.
 
 use std::path::PathBuf;
 
@@ -27,6 +27,13 @@ pub enum Command {
     Check {
         #[arg(long, short, default_value = DEFAULT_PATH)]
         config: PathBuf,
+    },
+    /// Run the rule fixtures in DIR (default: `rules.tests/` next to the
+    /// config file) and exit non-zero if any fails.
+    TestRules {
+        #[arg(long, short, default_value = DEFAULT_PATH)]
+        config: PathBuf,
+        dir: Option<PathBuf>,
     },
 }
 

@@ -16,5 +16,7 @@ pub mod metrics;
 pub mod outbox;
 pub mod pipeline;
 pub mod routing;
+pub mod rule_fixtures;
+pub mod rules;
 pub mod store;
 pub mod templates;

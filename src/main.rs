@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use switchboard::cli::{Cli, Command, LogFormat};
 use switchboard::config::Settings;
+use switchboard::rule_fixtures;
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
@@ -19,6 +20,7 @@ fn main() -> ExitCode {
                     config.display(),
                     settings.channels.ids().len()
                 );
+                println!("rules: ok ({} rule(s))", settings.rules.len());
                 ExitCode::SUCCESS
             }
             Err(e) => {
@@ -26,6 +28,7 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::TestRules { config, dir } => test_rules(&config, dir),
         Command::Run { config } => {
             let runtime = match tokio::runtime::Runtime::new() {
                 Ok(r) => r,
@@ -43,6 +46,36 @@ fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             }
+        }
+    }
+}
+
+fn test_rules(config: &std::path::Path, dir: Option<std::path::PathBuf>) -> ExitCode {
+    let settings = match Settings::load(config) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let dir = dir.unwrap_or_else(|| {
+        config
+            .parent()
+            .unwrap_or(std::path::Path::new("."))
+            .join(rule_fixtures::DEFAULT_DIR)
+    });
+    match rule_fixtures::run_dir(&settings, &dir) {
+        Ok(reports) => {
+            print!("{}", rule_fixtures::render(&reports));
+            if reports.iter().all(|r| r.passed()) {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::FAILURE
         }
     }
 }

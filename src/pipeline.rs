@@ -11,7 +11,8 @@ use arc_swap::ArcSwap;
 
 use crate::config::Settings;
 use crate::inquiry::NewMessage;
-use crate::routing::{NewWork, Router};
+use crate::routing::{NewWork, Requirements, Router};
+use crate::rules::Facts;
 use crate::store::{AckPlan, Classified, Intake, IntakeOutcome, Store, StoreError};
 use crate::templates::DEFAULT_ACK;
 
@@ -40,8 +41,7 @@ impl Pipeline {
     /// provider be told we have it.
     pub async fn accept(&self, message: NewMessage) -> Result<IntakeOutcome, StoreError> {
         let channel = message.channel.to_string();
-        let ack = self.ack_plan(&message);
-        let classification = Classified::default();
+        let (ack, classification) = self.classify(&message);
         let routing = self.router.as_ref().map(|_| {
             (
                 message.medium,
@@ -92,23 +92,87 @@ impl Pipeline {
         Ok(outcome)
     }
 
-    fn ack_plan(&self, message: &NewMessage) -> AckPlan {
-        if let Some(reason) = &message.no_ack_reason {
-            return AckPlan::Skip {
-                reason: reason.clone(),
-            };
-        }
+    /// Runs the rules over `message` and decides its acknowledgement: the
+    /// one place both are decided, for every channel.
+    pub fn classify(&self, message: &NewMessage) -> (AckPlan, Classified) {
         let settings = self.settings.load();
-        if !settings.channels.can_reply(&message.channel) {
-            return AckPlan::Skip {
-                reason: "the channel has no reply address configured".into(),
-            };
-        }
-        AckPlan::Send {
-            template: DEFAULT_ACK.to_owned(),
-            language: settings
-                .templates
-                .resolve_language(DEFAULT_ACK, message.language.as_deref()),
-        }
+        classify(&settings, message)
     }
+}
+
+/// The rules' verdict and the acknowledgement plan for `message` under
+/// `settings` (also used by `switchboard route`).
+pub fn classify(settings: &Settings, message: &NewMessage) -> (AckPlan, Classified) {
+    let tags = customer_tags(message);
+    let verdict = settings.rules.evaluate(&Facts {
+        message,
+        customer_tags: &tags,
+        at: message.received_at,
+    });
+    let ack = if let Some(reason) = &message.no_ack_reason {
+        AckPlan::Skip {
+            reason: reason.clone(),
+        }
+    } else if let Some(reason) = &verdict.suppress_ack {
+        AckPlan::Skip {
+            reason: format!("suppressed by the rules: {reason}"),
+        }
+    } else if !settings.channels.can_reply(&message.channel) {
+        AckPlan::Skip {
+            reason: "the channel has no reply address configured".into(),
+        }
+    } else {
+        let template = verdict
+            .ack_template
+            .clone()
+            .unwrap_or_else(|| DEFAULT_ACK.to_owned());
+        let language = settings
+            .templates
+            .resolve_language(&template, message.language.as_deref());
+        AckPlan::Send { template, language }
+    };
+    let trace = serde_json::json!({
+        "rules": verdict.trace,
+        "urgency": verdict.urgency,
+        "skills": verdict.skills,
+        "language": verdict.language,
+        "queue": verdict.queue,
+        "tags": verdict.tags,
+        "sla": verdict.sla.map(|d| humantime::format_duration(d).to_string()),
+        "ack_template": verdict.ack_template,
+        "suppress_ack": verdict.suppress_ack,
+        "relaxation_ladder": verdict.relaxation_ladder,
+    });
+    let classified = Classified {
+        urgency: verdict.urgency,
+        requirements: Requirements {
+            skills: verdict.skills,
+            language: verdict.language,
+            queue: verdict.queue,
+            relaxation: verdict.relaxation,
+            rules: verdict.trace.iter().map(|m| m.rule.clone()).collect(),
+            tags: verdict.tags,
+        },
+        sla_due_at: verdict
+            .sla
+            .and_then(|d| chrono::Duration::from_std(d).ok())
+            .map(|d| message.received_at + d),
+        trace,
+    };
+    (ack, classified)
+}
+
+/// Tags the sender attached to the customer (`metadata.customer_tags`,
+/// e.g. from a CRM), for the rules' `customer_tags` condition.
+fn customer_tags(message: &NewMessage) -> Vec<String> {
+    message
+        .metadata
+        .get("customer_tags")
+        .and_then(|v| v.as_array())
+        .map(|tags| {
+            tags.iter()
+                .filter_map(|t| t.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
 }

@@ -111,6 +111,16 @@ impl AckTemplates {
             .contains(&(name.to_owned(), self.default_language.clone()))
     }
 
+    /// The names of the templates present in the default language (the
+    /// ones a rule may choose).
+    pub fn names(&self) -> BTreeSet<String> {
+        self.available
+            .iter()
+            .filter(|(_, language)| *language == self.default_language)
+            .map(|(name, _)| name.clone())
+            .collect()
+    }
+
     /// The language a customer writing in `language` will be answered in.
     pub fn resolve_language(&self, name: &str, language: Option<&str>) -> String {
         let wanted = language.map(str::to_ascii_lowercase);

@@ -128,6 +128,17 @@ impl GenericChannel {
 
     /// Normalizes a verified body into a [`NewMessage`].
     pub fn parse(&self, body: &[u8], now: DateTime<Utc>) -> Result<NewMessage, IntakeError> {
+        Self::parse_body(&self.id, body, now)
+    }
+
+    /// Normalizes a body of this JSON shape into a [`NewMessage`] of
+    /// `channel`, without a signature (for `switchboard test-rules` and
+    /// other tools that replay messages).
+    pub fn parse_body(
+        channel: &ChannelId,
+        body: &[u8],
+        now: DateTime<Utc>,
+    ) -> Result<NewMessage, IntakeError> {
         let payload: Payload = serde_json::from_slice(body)
             .map_err(|e| IntakeError::Malformed(format!("invalid JSON body: {e}")))?;
         let id = payload.id.trim();
@@ -171,7 +182,7 @@ impl GenericChannel {
                 )));
             }
             // Threads are scoped to this channel instance.
-            let key = format!("{}:{t}", self.id);
+            let key = format!("{channel}:{t}");
             thread.refers_to.push(key.clone());
             thread.provides.push(key);
         }
@@ -183,7 +194,7 @@ impl GenericChannel {
             handle: non_empty(from.handle),
         };
         Ok(NewMessage {
-            channel: self.id.clone(),
+            channel: channel.clone(),
             medium: Medium::Generic,
             provider_id: id.to_owned(),
             customer_key: customer.key(),

@@ -24,6 +24,7 @@ use serde::Deserialize;
 
 use crate::channels::{Channels, generic};
 use crate::routing::{Roster, RoutingConfig};
+use crate::rules::{Catalog, RuleSet};
 use crate::templates::AckTemplates;
 use secret::{Secret, SecretSource};
 
@@ -204,6 +205,19 @@ pub struct RosterConfig {
     pub path: Option<PathBuf>,
 }
 
+/// `[rules]`
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RulesConfig {
+    /// The routing rules file, relative to the config file's folder.
+    /// Default `rules.toml`; when not set and that file does not exist,
+    /// no rules apply.
+    pub path: Option<PathBuf>,
+}
+
+/// Default rules file name, next to the config file.
+pub const DEFAULT_RULES: &str = "rules.toml";
+
 /// `[channels.<adapter>.<name>]`
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -229,6 +243,8 @@ pub struct RawSettings {
     #[serde(default)]
     pub outbox: OutboxConfig,
     #[serde(default)]
+    pub rules: RulesConfig,
+    #[serde(default)]
     pub channels: ChannelsConfig,
     #[serde(default)]
     pub roster: RosterConfig,
@@ -251,6 +267,8 @@ pub struct Settings {
     pub channels: Channels,
     pub roster: Arc<Roster>,
     pub routing: RoutingConfig,
+    /// The compiled routing rules (`rules.path`).
+    pub rules: Arc<RuleSet>,
 }
 
 impl Settings {
@@ -349,8 +367,48 @@ impl Settings {
             }
         };
 
-        match templates {
-            Some(templates) if problems.is_empty() => Ok(Settings {
+        // Rules refer to templates, so they are checked once those loaded.
+        let rules = templates.as_ref().and_then(|templates| {
+            // Skills and teams are checked against the roster when there
+            // is one; with an empty roster any name is accepted.
+            let staffed = !roster.associates.is_empty();
+            let catalog = Catalog {
+                skills: staffed.then(|| roster.skills()),
+                templates: templates.names(),
+                teams: staffed.then(|| roster.teams()),
+            };
+            let rules_path = base.join(
+                raw.rules
+                    .path
+                    .as_deref()
+                    .unwrap_or(Path::new(DEFAULT_RULES)),
+            );
+            if !rules_path.exists() {
+                if raw.rules.path.is_none() {
+                    return Some(RuleSet::empty());
+                }
+                problems.push(Problem {
+                    file: path.to_path_buf(),
+                    key: "rules.path".into(),
+                    message: format!("rules file {} not found", rules_path.display()),
+                });
+                return None;
+            }
+            match RuleSet::load(&rules_path, &catalog) {
+                Ok(rules) => Some(rules),
+                Err(list) => {
+                    problems.extend(list.into_iter().map(|p| Problem {
+                        key: String::new(),
+                        message: p.describe(),
+                        file: p.file,
+                    }));
+                    None
+                }
+            }
+        });
+
+        match (templates, rules) {
+            (Some(templates), Some(rules)) if problems.is_empty() => Ok(Settings {
                 path: path.to_path_buf(),
                 server: raw.server,
                 store: raw.store,
@@ -361,6 +419,7 @@ impl Settings {
                 channels,
                 roster: Arc::new(roster),
                 routing: raw.routing,
+                rules: Arc::new(rules),
             }),
             _ => Err(ConfigError { problems }),
         }
@@ -512,6 +571,43 @@ mod tests {
             "{keys:?}"
         );
         assert!(keys.contains(&"channels.generic.Bad"), "{keys:?}");
+    }
+
+    #[test]
+    fn rules_load_from_the_config_folder_or_default_to_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write_config(dir.path(), "");
+        assert!(Settings::load(&path).unwrap().rules.is_empty());
+
+        std::fs::write(
+            dir.path().join("rules.toml"),
+            "[[rule]]\nname = \"vip\"\nwhen.customer_tags = \"vip\"\nurgency = \"high\"\n",
+        )
+        .unwrap();
+        assert_eq!(Settings::load(&path).unwrap().rules.len(), 1);
+
+        let path = write_config(dir.path(), "[rules]\npath = \"other.toml\"\n");
+        let err = Settings::load(&path).unwrap_err();
+        assert_eq!(err.problems[0].key, "rules.path");
+        assert!(err.to_string().contains("other.toml not found"), "{err}");
+    }
+
+    #[test]
+    fn rule_problems_name_the_rules_file_and_rule() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write_config(dir.path(), "");
+        std::fs::write(
+            dir.path().join("rules.toml"),
+            "[[rule]]\nname = \"x\"\nack = \"nope\"\n[[rule]]\nname = \"y\"\nack = \"ack\"\n",
+        )
+        .unwrap();
+        let err = Settings::load(&path).unwrap_err();
+        assert_eq!(err.problems.len(), 1, "{err}");
+        let text = err.to_string();
+        assert!(
+            text.contains("rules.toml: rule `x`: `ack`: unknown template `nope`"),
+            "{text}"
+        );
     }
 
     #[test]

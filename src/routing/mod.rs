@@ -23,6 +23,7 @@ pub use roster::{Associate, Roster};
 pub use service::{Caller, Router};
 
 use crate::inquiry::Urgency;
+pub use crate::rules::RelaxStep;
 
 /// `[routing]`: how offers are timed and candidates ranked.
 #[derive(Debug, Clone, Deserialize)]
@@ -168,19 +169,4 @@ pub struct Requirements {
     /// Names of the rules that matched, for explanations.
     pub rules: Vec<String>,
     pub tags: Vec<String>,
-}
-
-/// One relaxation step: after waiting `after`, widen the requirement.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct RelaxStep {
-    pub name: String,
-    #[serde(with = "humantime_serde")]
-    pub after: Duration,
-    #[serde(default)]
-    pub drop_language: bool,
-    #[serde(default)]
-    pub lower_skill_levels: u8,
-    /// Any member of the queue's team qualifies, whatever their skills.
-    #[serde(default)]
-    pub drop_skills: bool,
 }

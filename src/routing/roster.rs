@@ -28,6 +28,7 @@ use sha2::{Digest, Sha256};
 
 use crate::config::secret::SecretSource;
 use crate::inquiry::Medium;
+use crate::rules::hours::{Schedule, ScheduleSpec};
 
 /// When an associate works. Implemented by the rules' business-hours
 /// schedules, so the roster and the rules share one format.
@@ -187,9 +188,28 @@ struct AssociateEntry {
     token_file: Option<String>,
 }
 
-/// The daemon's parser of `[hours.<name>]` tables.
-pub fn parse_hours(_table: &toml::Value) -> Result<Arc<dyn WorkingHours>, String> {
-    Err("working-hours schedules are not supported by this build".into())
+/// The daemon's parser of `[hours.<name>]` tables: the rules'
+/// business-hours format, so one schedule reads the same in both files.
+pub fn parse_hours(table: &toml::Value) -> Result<Arc<dyn WorkingHours>, String> {
+    let spec: ScheduleSpec = table
+        .clone()
+        .try_into()
+        .map_err(|e: toml::de::Error| e.message().to_owned())?;
+    spec.compile()
+        .map(|s| Arc::new(s) as Arc<dyn WorkingHours>)
+        .map_err(|problems| {
+            problems
+                .iter()
+                .map(|p| p.to_string())
+                .collect::<Vec<_>>()
+                .join("; ")
+        })
+}
+
+impl WorkingHours for Schedule {
+    fn is_open(&self, at: DateTime<Utc>) -> bool {
+        Schedule::is_open(self, at)
+    }
 }
 
 /// Turns a `[hours.<name>]` table into a schedule.
