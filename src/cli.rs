@@ -1,4 +1,4 @@
-//! The command line: `switchboard run | check | test-rules`, each with `--config PATH`.
+//! The command line: `switchboard run | check | route | test-rules`, each with `--config PATH`.
 
 use std::path::PathBuf;
 
@@ -27,6 +27,24 @@ pub enum Command {
     Check {
         #[arg(long, short, default_value = DEFAULT_PATH)]
         config: PathBuf,
+    },
+    /// Run one message (the generic webhook's JSON) through rules and
+    /// routing against the roster, everyone available; nothing is stored.
+    Route {
+        #[arg(long, short, default_value = DEFAULT_PATH)]
+        config: PathBuf,
+        /// A JSON file in the generic webhook's shape (`-` for stdin).
+        message: PathBuf,
+        /// Print a JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+        /// When the message arrives (RFC 3339); default now.
+        #[arg(long)]
+        at: Option<String>,
+        /// The channel it arrives on, `adapter/name`; default the first
+        /// generic channel configured.
+        #[arg(long)]
+        channel: Option<String>,
     },
     /// Run the rule fixtures in DIR (default: `rules.tests/` next to the
     /// config file) and exit non-zero if any fails.

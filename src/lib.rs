@@ -11,6 +11,7 @@ pub mod channels;
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod dry_run;
 pub mod inquiry;
 pub mod metrics;
 pub mod outbox;

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use switchboard::cli::{Cli, Command, LogFormat};
 use switchboard::config::Settings;
-use switchboard::rule_fixtures;
+use switchboard::{dry_run, rule_fixtures};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
@@ -29,6 +29,13 @@ fn main() -> ExitCode {
             }
         },
         Command::TestRules { config, dir } => test_rules(&config, dir),
+        Command::Route {
+            config,
+            message,
+            json,
+            at,
+            channel,
+        } => route(&config, &message, json, at.as_deref(), channel.as_deref()),
         Command::Run { config } => {
             let runtime = match tokio::runtime::Runtime::new() {
                 Ok(r) => r,
@@ -48,6 +55,51 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+fn route(
+    config: &std::path::Path,
+    message: &std::path::Path,
+    json: bool,
+    at: Option<&str>,
+    channel: Option<&str>,
+) -> ExitCode {
+    let settings = match Settings::load(config) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let body = if message.as_os_str() == "-" {
+        let mut buf = Vec::new();
+        std::io::Read::read_to_end(&mut std::io::stdin(), &mut buf).map(|_| buf)
+    } else {
+        std::fs::read(message)
+    };
+    let body = match body {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("cannot read {}: {e}", message.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    let msg = match dry_run::message_from_json(&settings, &body, channel, at) {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("{}: {e}", message.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    let outcome = dry_run::dry_run(&settings, &msg, &Default::default());
+    let text = if json {
+        format!("{:#}\n", outcome.to_json())
+    } else {
+        outcome.render()
+    };
+    // A closed pipe (`| head`) is not an error worth a panic.
+    let _ = std::io::Write::write_all(&mut std::io::stdout(), text.as_bytes());
+    ExitCode::SUCCESS
 }
 
 fn test_rules(config: &std::path::Path, dir: Option<std::path::PathBuf>) -> ExitCode {

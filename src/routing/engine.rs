@@ -1319,7 +1319,8 @@ impl Engine {
                     "sticky": s.sticky,
                     "skill_fit": (s.skill_fit * 1000.0).round() / 1000.0,
                     "load": (s.load * 1000.0).round() / 1000.0,
-                    "idle_secs": s.idle_secs,
+                    // null: never had work since the store began.
+                    "idle_secs": (self.people[s.index].idle_since > 0).then_some(s.idle_secs),
                 })
             })
             .collect();
