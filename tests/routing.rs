@@ -485,3 +485,103 @@ async fn transfer_moves_work_and_notifies_by_webhook() {
     );
     assert!(event_kinds(&detail).iter().any(|k| k == "notified"));
 }
+
+#[tokio::test]
+async fn rules_set_skills_sla_breaches_and_relaxation_widens_over_time() {
+    let rules = r#"
+[sla]
+critical = "1s"
+
+[relaxation]
+default = [{ name = "one-level-lower", after = "2500ms", lower_skill_levels = 1 }]
+
+[[rule]]
+name = "fraud"
+when.contains = ["fraud", "Betrug"]
+urgency = "critical"
+skills = ["billing>=4"]
+"#;
+    let setup_roster = roster(&[("anna", "billing = 3", 2), ("ben", "billing = 5", 2)], "");
+    let desk = Desk::start(&setup_roster, AVAILABLE);
+    std::fs::write(desk.setup.dir.path().join("rules.toml"), rules).unwrap();
+    // The rules file sits beside the config: reload picks it up.
+    desk.daemon.signal("HUP");
+    eventually(Duration::from_secs(10), "reload", || async {
+        desk.daemon
+            .log_contains("configuration reloaded")
+            .then_some(())
+    })
+    .await;
+    desk.presence("ben", "away").await;
+
+    let body =
+        json!({"id": "f1", "from": {"email": "v@example.org"}, "text": "I think this is fraud"});
+    let (status, answer) = post_webhook(&desk.client, &desk.daemon, "shop", &body).await;
+    assert_eq!(status, 202, "{answer}");
+    let r = answer["inquiry"].as_str().unwrap().to_owned();
+
+    let detail = desk.detail(&r).await;
+    assert_eq!(detail["urgency"], "critical");
+    assert_eq!(detail["requirements"]["skills"]["billing"], 4);
+    let classified = events(&detail, "classified");
+    assert_eq!(classified[0]["detail"]["rules"][0]["rule"], "fraud");
+    let queued = eventually(Duration::from_secs(10), "queued", || async {
+        let d = desk.detail(&r).await;
+        events(&d, "queued").first().map(|e| e["detail"].clone())
+    })
+    .await;
+    let reasons: Vec<&str> = queued["excluded"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["reason"].as_str().unwrap())
+        .collect();
+    assert_eq!(reasons, vec!["billing 3 < 4", "away"]);
+
+    // Nobody answers within the 1 s target: a breach, once.
+    eventually(Duration::from_secs(10), "SLA breach", || async {
+        let d = desk.detail(&r).await;
+        (d["sla_breached"] == true && events(&d, "sla_breached").len() == 1).then_some(())
+    })
+    .await;
+    assert!(
+        metrics_text(&desk.client, &desk.daemon)
+            .await
+            .contains("switchboard_sla_breaches_total{urgency=\"critical\"} 1")
+    );
+    // After 2.5 s one level lower is enough: Anna gets it.
+    desk.offered("anna", &r).await;
+    let detail = desk.detail(&r).await;
+    assert_eq!(
+        events(&detail, "relaxed")[0]["detail"]["step"],
+        "one-level-lower"
+    );
+    assert_eq!(
+        events(&detail, "offered")[0]["detail"]["relaxation_step"],
+        "one-level-lower"
+    );
+}
+
+#[tokio::test]
+async fn a_roster_with_problems_is_refused_at_reload_and_the_old_one_stays() {
+    let desk = Desk::start(&roster(&[("anna", "", 1)], ""), AVAILABLE);
+    std::fs::write(
+        desk.setup.dir.path().join("roster.toml"),
+        "[[associate]]\nid = \"anna\"\nname = \"A\"\nemail = \"a@x\"\nskills = { billing = 9 }\n",
+    )
+    .unwrap();
+    desk.daemon.signal("HUP");
+    eventually(Duration::from_secs(10), "rejection", || async {
+        desk.daemon
+            .log_contains("configuration rejected")
+            .then_some(())
+    })
+    .await;
+    assert!(
+        desk.daemon.log_contains("outside 1..=5"),
+        "{}",
+        desk.daemon.log_text()
+    );
+    let r = desk.inquiry("m1", "c@example.org").await;
+    desk.offered("anna", &r).await;
+}
