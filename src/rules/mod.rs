@@ -26,7 +26,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::inquiry::{NewMessage, Urgency};
 pub use compile::Rule;
@@ -89,7 +89,7 @@ pub struct Facts<'a> {
 
 /// One step of a relaxation ladder: after the inquiry has waited `after`,
 /// the router may widen its requirements this way.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RelaxStep {
     pub name: String,
     #[serde(with = "humantime_serde")]
@@ -103,14 +103,14 @@ pub struct RelaxStep {
 }
 
 /// Why a condition held: the field looked at and what matched in it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Because {
     pub field: String,
     pub value: String,
 }
 
 /// One rule that matched, why, and what it did.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RuleMatch {
     pub rule: String,
     pub because: Vec<Because>,
@@ -118,7 +118,7 @@ pub struct RuleMatch {
 }
 
 /// What the rules decided about an inquiry.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Classification {
     pub urgency: Urgency,
     /// Required skills with their minimum level (1..=5).

@@ -451,3 +451,10 @@ fn not_explains_what_did_not_match() {
         "any of (language en; subject or text contains \"hello\", \"dear\")"
     );
 }
+
+#[test]
+fn rule_sets_can_be_shared_across_threads() {
+    fn shared<T: Send + Sync + 'static>() {}
+    shared::<RuleSet>();
+    shared::<Arc<RuleSet>>();
+}
