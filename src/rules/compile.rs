@@ -859,7 +859,7 @@ fn compile_rule(f: &RuleFile, ctx: &mut Ctx<'_>) -> Option<Rule> {
             ctx.problem(
                 "ack",
                 format!(
-                    "unknown template `{t}`: add `{t}.<language>.txt` to the templates folder ({})",
+                    "unknown template `{t}`: add `{t}.<language>.txt` in the default language to the templates folder ({})",
                     known_list(&ctx.catalog.templates)
                 ),
             );
@@ -976,12 +976,17 @@ fn compile_ladder(
                 format!("two steps are named `{step_name}`"),
             );
         }
+        // Steps accumulate: each compiled step is everything in force from
+        // its `after` on, so the router needs only the latest one reached.
+        let prev = out.last();
         out.push(RelaxStep {
             name: step_name,
             after: s.after,
-            drop_language: s.drop_language,
-            lower_skill_levels: s.lower_skill_levels,
-            drop_skills: s.drop_skills,
+            drop_language: s.drop_language || prev.is_some_and(|p| p.drop_language),
+            lower_skill_levels: s
+                .lower_skill_levels
+                .max(prev.map_or(0, |p| p.lower_skill_levels)),
+            drop_skills: s.drop_skills || prev.is_some_and(|p| p.drop_skills),
         });
     }
     out

@@ -88,7 +88,10 @@ pub struct Facts<'a> {
 }
 
 /// One step of a relaxation ladder: after the inquiry has waited `after`,
-/// the router may widen its requirements this way.
+/// the router may widen its requirements this way. Steps accumulate and
+/// are stored accumulated: each step holds everything in force from its
+/// `after` on (a language dropped at 5 minutes stays dropped at 30), so
+/// the router applies only the latest step reached.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RelaxStep {
     pub name: String,

@@ -299,6 +299,10 @@ fn actions_merge_in_order_and_stop_ends() {
     assert_eq!(c.relaxation_ladder, "urgent");
     let names: Vec<_> = c.relaxation.iter().map(|s| s.name.as_str()).collect();
     assert_eq!(names, ["any-language", "urgent.2", "urgent.3"]);
+    // Steps accumulate.
+    let last = &c.relaxation[2];
+    assert!(last.drop_language && last.lower_skill_levels == 1 && last.drop_skills);
+    assert!(!c.relaxation[0].drop_skills);
     assert_eq!(c.trace[1].actions[0], "urgency raised by 1: normal → high");
 
     let c = eval(&rules, &message(None, "Rechnung"), &[]);
