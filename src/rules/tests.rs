@@ -320,7 +320,10 @@ fn actions_merge_in_order_and_stop_ends() {
     );
 
     let json = serde_json::to_value(&c).unwrap();
-    assert_eq!(serde_json::from_value::<Classification>(json.clone()).unwrap(), c);
+    assert_eq!(
+        serde_json::from_value::<Classification>(json.clone()).unwrap(),
+        c
+    );
     assert_eq!(json["sla"], "4h");
     assert_eq!(json["urgency"], "normal");
     assert_eq!(json["relaxation"][0]["after"], "5m");
