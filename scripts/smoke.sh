@@ -28,6 +28,8 @@ check() {
 
 cp -r config "$work/config"
 "$bin" check --config "$work/config/switchboard.toml"
+# The example rules against their fixtures (config/rules.tests/).
+"$bin" test-rules --config "$work/config/switchboard.toml"
 
 # The reply endpoint: records each acknowledgement it receives.
 python3 scripts/reply_sink.py "$reply_port" "$work/replies.log" &

@@ -100,6 +100,9 @@ pub struct Expect {
     pub sla: Option<Duration>,
     pub rules: Option<Vec<String>>,
     pub relaxation: Option<String>,
+    // Extension point for routing: expectations such as `associate = "anna"`
+    // (with a `roster` snapshot on the fixture) are added here and compared
+    // in `check` once routing exists.
 }
 
 /// `suppress_ack = true | false | "reason"`.

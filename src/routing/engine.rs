@@ -225,6 +225,11 @@ pub struct Engine {
     /// `skill_bits[skill][level - 1]`: who has the skill at `level` or more.
     skill_bits: Vec<[Bitset; 5]>,
     team_bits: HashMap<String, Bitset>,
+    lang_bits: HashMap<String, Bitset>,
+    /// Distinct working-hours schedules, and each associate's, so one
+    /// decision asks each schedule once instead of once per associate.
+    schedules: Vec<Arc<dyn super::roster::WorkingHours>>,
+    hours_of: Vec<Option<usize>>,
     /// Per medium: available and with spare capacity (hours checked apart).
     free: [Bitset; 5],
     works: HashMap<i64, Work>,
@@ -246,6 +251,9 @@ impl Engine {
             skill_ids: HashMap::new(),
             skill_bits: Vec::new(),
             team_bits: HashMap::new(),
+            lang_bits: HashMap::new(),
+            schedules: Vec::new(),
+            hours_of: Vec::new(),
             free: Default::default(),
             works: HashMap::new(),
             waiting: BTreeSet::new(),
@@ -355,6 +363,10 @@ impl Engine {
         self.skill_ids.clear();
         self.skill_bits.clear();
         self.team_bits.clear();
+        self.lang_bits.clear();
+        self.schedules.clear();
+        self.hours_of.clear();
+        let mut schedule_ids: HashMap<usize, usize> = HashMap::new();
         for (i, a) in roster.associates.iter().enumerate() {
             for (skill, &level) in &a.skills {
                 let next = self.skill_ids.len();
@@ -373,6 +385,20 @@ impl Engine {
                     .or_insert_with(|| Bitset::new(n))
                     .insert(i);
             }
+            for lang in &a.languages {
+                self.lang_bits
+                    .entry(lang.clone())
+                    .or_insert_with(|| Bitset::new(n))
+                    .insert(i);
+            }
+            let hours = a.hours.as_ref().map(|h| {
+                let key = Arc::as_ptr(h) as *const () as usize;
+                *schedule_ids.entry(key).or_insert_with(|| {
+                    self.schedules.push(h.clone());
+                    self.schedules.len() - 1
+                })
+            });
+            self.hours_of.push(hours);
         }
         self.roster = roster;
         for w in self.works.values() {
@@ -1157,11 +1183,17 @@ impl Engine {
             step: None,
             steps_taken: 0,
         };
+        // Each step holds everything in force from its `after` on (the
+        // rules store ladders cumulatively): only the latest one reached
+        // applies, to the original requirement.
         let waited = now - work.new.waiting_since;
-        for (n, step) in req.relaxation.iter().enumerate() {
-            if (step.after.as_millis() as i64) > waited {
-                continue;
-            }
+        let reached = req
+            .relaxation
+            .iter()
+            .enumerate()
+            .filter(|(_, step)| step.after.as_millis() as i64 <= waited)
+            .last();
+        if let Some((n, step)) = reached {
             if step.drop_language {
                 eff.language = None;
             }
@@ -1217,17 +1249,30 @@ impl Engine {
         None
     }
 
+    /// The customer's previous associate, if still within the window.
+    fn sticky_for(&self, work: &Work, now: i64) -> Option<usize> {
+        let window = self.config.sticky_window.as_millis() as i64;
+        let (who, at) = self.sticky.get(work.new.customer_key.as_ref()?)?;
+        (now - at <= window).then(|| self.roster.index_of(who))?
+    }
+
     fn score(&self, i: usize, work: &Work, eff: &Effective, now: i64) -> Scored {
+        self.score_with(i, work, eff, now, self.sticky_for(work, now))
+    }
+
+    fn score_with(
+        &self,
+        i: usize,
+        work: &Work,
+        eff: &Effective,
+        now: i64,
+        sticky: Option<usize>,
+    ) -> Scored {
         let a = &self.roster.associates[i];
         let p = &self.people[i];
         let w = &self.config.weights;
         let m = medium_index(work.new.medium);
-        let window = self.config.sticky_window.as_millis() as i64;
-        let sticky = work.new.customer_key.as_ref().is_some_and(|c| {
-            self.sticky
-                .get(c)
-                .is_some_and(|(who, at)| *who == a.id && now - at <= window)
-        });
+        let sticky = sticky == Some(i);
         let skill_fit = if eff.skills.is_empty() {
             0.0
         } else {
@@ -1282,36 +1327,51 @@ impl Engine {
             }
             stages.push((format!("{skill} >= {level}"), set.count()));
         }
+        if let Some(lang) = &eff.language {
+            match self.lang_bits.get(lang) {
+                Some(l) => set.intersect(l),
+                None => set = Bitset::new(n),
+            }
+            stages.push((format!("speaks {lang}"), set.count()));
+        }
         (set, stages)
     }
 
     fn decision(&self, work: &Work, now: i64) -> Decision {
         let eff = self.effective(work, now);
         let (set, stages) = self.eligible(work, &eff);
-        let mut scored: Vec<Scored> = set
-            .iter()
-            .filter(|&i| self.exclusion(i, work, &eff, now).is_none())
-            .map(|i| self.score(i, work, &eff, now))
-            .collect();
+        // The bitsets settled presence, capacity, team, skills and language;
+        // what is left per candidate is working hours and "passed".
+        let at = utc(now);
+        let mut open: Vec<Option<bool>> = vec![None; self.schedules.len()];
+        let sticky = self.sticky_for(work, now);
         let shown = self.config.explain_limit.clamp(1, 20);
-        let winner = scored
-            .iter()
-            .enumerate()
-            .fold(None::<usize>, |best, (k, s)| match best {
-                Some(b) if !better(s, &scored[b], &self.people) => Some(b),
-                _ => Some(k),
-            })
-            .map(|k| scored[k].index);
-        scored.sort_by(|a, b| {
-            if better(a, b, &self.people) {
-                std::cmp::Ordering::Less
-            } else {
-                std::cmp::Ordering::Greater
+        let mut top: Vec<Scored> = Vec::with_capacity(shown + 1);
+        let mut eligible = 0usize;
+        for i in set.iter() {
+            if let Some(h) = self.hours_of[i] {
+                let is_open = *open[h].get_or_insert_with(|| self.schedules[h].is_open(at));
+                if !is_open {
+                    continue;
+                }
             }
-        });
-        let candidates: Vec<Value> = scored
+            if !work.passed.is_empty() && work.passed.contains(&self.roster.associates[i].id) {
+                continue;
+            }
+            eligible += 1;
+            let s = self.score_with(i, work, &eff, now, sticky);
+            if top.len() < shown || better(&s, &top[top.len() - 1], &self.people) {
+                let at = top
+                    .iter()
+                    .position(|t| better(&s, t, &self.people))
+                    .unwrap_or(top.len());
+                top.insert(at, s);
+                top.truncate(shown);
+            }
+        }
+        let winner = top.first().map(|s| s.index);
+        let candidates: Vec<Value> = top
             .iter()
-            .take(shown)
             .map(|s| {
                 json!({
                     "associate": self.roster.associates[s.index].id,
@@ -1331,7 +1391,7 @@ impl Engine {
             "requirements": { "skills": eff.skills, "language": eff.language, "queue": eff.queue },
             "relaxation_step": eff.step,
             "weights": self.config.weights,
-            "eligible": scored.len(),
+            "eligible": eligible,
             "candidates": candidates,
             "filters": stages.iter().map(|(f, n)| json!({ "filter": f, "left": n })).collect::<Vec<_>>(),
             "winner": winner.map(|i| self.roster.associates[i].id.clone()),
@@ -1609,10 +1669,11 @@ mod tests {
                 lower_skill_levels: 0,
                 drop_skills: false,
             },
+            // Steps are cumulative: this one keeps the language dropped.
             RelaxStep {
                 name: "one level lower".into(),
                 after: Duration::from_secs(900),
-                drop_language: false,
+                drop_language: true,
                 lower_skill_levels: 1,
                 drop_skills: false,
             },

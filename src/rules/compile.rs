@@ -8,6 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
+use aho_corasick::{AhoCorasick, MatchKind};
 use regex::{Regex, RegexBuilder};
 
 use super::file::{CondFile, OneOrMany, ReadProblem, RelaxStepFile, RuleFile, RulesFile};
@@ -42,10 +43,31 @@ impl Part {
     }
 }
 
+/// A keyword list compiled into one automaton over folded text: one pass
+/// over the message, however many keywords.
 #[derive(Debug, Clone)]
-struct Keyword {
-    written: String,
-    folded: String,
+struct Keywords {
+    /// As written in the file, for traces.
+    written: Vec<String>,
+    matcher: AhoCorasick,
+}
+
+impl Keywords {
+    fn new(written: Vec<String>) -> Result<Keywords, String> {
+        let folded: Vec<String> = written.iter().map(|k| fold(k)).collect();
+        let matcher = AhoCorasick::builder()
+            .match_kind(MatchKind::LeftmostFirst)
+            .build(&folded)
+            .map_err(|e| format!("the keyword list cannot be compiled: {e}"))?;
+        Ok(Keywords { written, matcher })
+    }
+
+    /// The first keyword found in `folded` text, as written.
+    fn find(&self, folded: &str) -> Option<&str> {
+        self.matcher
+            .find(folded)
+            .map(|m| self.written[m.pattern().as_usize()].as_str())
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -63,7 +85,7 @@ enum Cond {
     FromDomain(Vec<String>),
     FromPhone(Vec<String>),
     FromHandle(Vec<String>),
-    Contains(Part, Vec<Keyword>),
+    Contains(Part, Keywords),
     Matches(Part, Vec<Regex>),
     Language(Vec<String>),
     CustomerTags(Vec<String>),
@@ -336,11 +358,9 @@ impl Cond {
                     .then(|| because("from_handle", handle))
             }
             Cond::Contains(part, keywords) => part.fields().iter().find_map(|field| {
-                let folded = p.folded(field);
                 keywords
-                    .iter()
-                    .find(|k| folded.contains(&k.folded))
-                    .map(|k| because(field, format!("contains \"{}\"", k.written)))
+                    .find(p.folded(field))
+                    .map(|k| because(field, format!("contains \"{k}\"")))
             }),
             Cond::Matches(part, regexes) => part.fields().iter().find_map(|field| {
                 let raw = p.raw(field);
@@ -436,8 +456,9 @@ impl Cond {
             Cond::Contains(part, k) => format!(
                 "{} contains {}",
                 part.fields().join(" or "),
-                k.iter()
-                    .map(|k| format!("\"{}\"", k.written))
+                k.written
+                    .iter()
+                    .map(|k| format!("\"{k}\""))
                     .collect::<Vec<_>>()
                     .join(", ")
             ),
@@ -620,14 +641,21 @@ fn compile_cond(f: &CondFile, prefix: &str, ctx: &mut Ctx<'_>) -> Option<Cond> {
         ("text_contains", Part::Text, &f.text_contains),
     ] {
         let Some(v) = value else { continue };
+        let key = k(key);
         let mut keywords = Vec::new();
-        for (key, s) in ctx.entries(&k(key), v) {
-            let folded = fold(&s);
-            if folded.is_empty() {
+        for (key, s) in ctx.entries(&key, v) {
+            if fold(&s).is_empty() {
                 ctx.problem(&key, "the keyword is empty once normalized");
             }
-            keywords.push(Keyword { written: s, folded });
+            keywords.push(s);
         }
+        let keywords = match Keywords::new(keywords) {
+            Ok(k) => k,
+            Err(e) => {
+                ctx.problem(&key, e);
+                continue;
+            }
+        };
         all.push(Cond::Contains(part, keywords));
     }
     for (key, part, value) in [
@@ -859,7 +887,7 @@ fn compile_rule(f: &RuleFile, ctx: &mut Ctx<'_>) -> Option<Rule> {
             ctx.problem(
                 "ack",
                 format!(
-                    "unknown template `{t}`: add `{t}.<language>.txt` to the templates folder ({})",
+                    "unknown template `{t}`: add `{t}.<language>.txt` in the default language to the templates folder ({})",
                     known_list(&ctx.catalog.templates)
                 ),
             );
@@ -976,12 +1004,17 @@ fn compile_ladder(
                 format!("two steps are named `{step_name}`"),
             );
         }
+        // Steps accumulate: each compiled step is everything in force from
+        // its `after` on, so the router needs only the latest one reached.
+        let prev = out.last();
         out.push(RelaxStep {
             name: step_name,
             after: s.after,
-            drop_language: s.drop_language,
-            lower_skill_levels: s.lower_skill_levels,
-            drop_skills: s.drop_skills,
+            drop_language: s.drop_language || prev.is_some_and(|p| p.drop_language),
+            lower_skill_levels: s
+                .lower_skill_levels
+                .max(prev.map_or(0, |p| p.lower_skill_levels)),
+            drop_skills: s.drop_skills || prev.is_some_and(|p| p.drop_skills),
         });
     }
     out

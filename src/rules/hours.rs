@@ -322,6 +322,18 @@ mod tests {
     }
 
     #[test]
+    fn summer_time_changes_follow_the_zone() {
+        let s = berlin(&["daily 02:00-03:00"], &[]);
+        // 29 Mar 2026: clocks jump from 02:00 to 03:00, the window never occurs.
+        assert!(!s.is_open(utc(2026, 3, 29, 0, 59)));
+        assert!(!s.is_open(utc(2026, 3, 29, 1, 0)));
+        // 25 Oct 2026: 02:00-03:00 happens twice, both are open.
+        assert!(s.is_open(utc(2026, 10, 25, 0, 30)));
+        assert!(s.is_open(utc(2026, 10, 25, 1, 30)));
+        assert!(!s.is_open(utc(2026, 10, 25, 2, 0)));
+    }
+
+    #[test]
     fn holidays_close_the_whole_day() {
         let s = berlin(&["daily 00:00-24:00"], &["12-25", "2026-12-31"]);
         assert!(s.is_open(utc(2026, 12, 24, 12, 0)));

@@ -26,7 +26,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::inquiry::{NewMessage, Urgency};
 pub use compile::Rule;
@@ -88,8 +88,11 @@ pub struct Facts<'a> {
 }
 
 /// One step of a relaxation ladder: after the inquiry has waited `after`,
-/// the router may widen its requirements this way.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+/// the router may widen its requirements this way. Steps accumulate and
+/// are stored accumulated: each step holds everything in force from its
+/// `after` on (a language dropped at 5 minutes stays dropped at 30), so
+/// the router applies only the latest step reached.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RelaxStep {
     pub name: String,
     #[serde(with = "humantime_serde")]
@@ -103,14 +106,14 @@ pub struct RelaxStep {
 }
 
 /// Why a condition held: the field looked at and what matched in it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Because {
     pub field: String,
     pub value: String,
 }
 
 /// One rule that matched, why, and what it did.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RuleMatch {
     pub rule: String,
     pub because: Vec<Because>,
@@ -118,7 +121,7 @@ pub struct RuleMatch {
 }
 
 /// What the rules decided about an inquiry.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Classification {
     pub urgency: Urgency,
     /// Required skills with their minimum level (1..=5).

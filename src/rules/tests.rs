@@ -299,6 +299,10 @@ fn actions_merge_in_order_and_stop_ends() {
     assert_eq!(c.relaxation_ladder, "urgent");
     let names: Vec<_> = c.relaxation.iter().map(|s| s.name.as_str()).collect();
     assert_eq!(names, ["any-language", "urgent.2", "urgent.3"]);
+    // Steps accumulate.
+    let last = &c.relaxation[2];
+    assert!(last.drop_language && last.lower_skill_levels == 1 && last.drop_skills);
+    assert!(!c.relaxation[0].drop_skills);
     assert_eq!(c.trace[1].actions[0], "urgency raised by 1: normal → high");
 
     let c = eval(&rules, &message(None, "Rechnung"), &[]);
@@ -316,6 +320,10 @@ fn actions_merge_in_order_and_stop_ends() {
     );
 
     let json = serde_json::to_value(&c).unwrap();
+    assert_eq!(
+        serde_json::from_value::<Classification>(json.clone()).unwrap(),
+        c
+    );
     assert_eq!(json["sla"], "4h");
     assert_eq!(json["urgency"], "normal");
     assert_eq!(json["relaxation"][0]["after"], "5m");
@@ -450,4 +458,11 @@ fn not_explains_what_did_not_match() {
         c.trace[0].because[0].value,
         "any of (language en; subject or text contains \"hello\", \"dear\")"
     );
+}
+
+#[test]
+fn rule_sets_can_be_shared_across_threads() {
+    fn shared<T: Send + Sync + 'static>() {}
+    shared::<RuleSet>();
+    shared::<Arc<RuleSet>>();
 }

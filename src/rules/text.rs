@@ -8,7 +8,8 @@
 //!
 //! [`fold`] goes one step further for matching: it also folds the German
 //! digraphs `ae`, `oe`, `ue` to `a`, `o`, `u`, so `Ueberweisung` (typed
-//! without umlauts) matches the keyword `Überweisung`. It is applied to
+//! without umlauts) matches the keyword `Überweisung`, and reads a hyphen
+//! as a space, so `Online-Banking` and `online banking` are the same. It is applied to
 //! keywords and text alike, so it never hides a match; at worst two words
 //! that differ only in such a digraph match each other.
 
@@ -46,10 +47,10 @@ pub fn normalize(text: &str) -> String {
     out
 }
 
-/// [`normalize`], then `ae` → `a`, `oe` → `o`, `ue` → `u`: the form keywords
-/// and texts are compared in.
+/// [`normalize`], then `ae` → `a`, `oe` → `o`, `ue` → `u` and `-` → ` `:
+/// the form keywords and texts are compared in.
 pub fn fold(text: &str) -> String {
-    let normalized = normalize(text);
+    let normalized = normalize(&text.replace('-', " "));
     let mut out = String::with_capacity(normalized.len());
     let mut chars = normalized.chars().peekable();
     while let Some(c) = chars.next() {
@@ -91,5 +92,6 @@ mod tests {
         assert_eq!(fold("Schaeden"), fold("Schäden"));
         assert_eq!(fold("Goethe"), fold("Göthe"));
         assert_eq!(fold("queue"), "quu");
+        assert_eq!(fold("Online-Banking"), fold("online  banking"));
     }
 }
