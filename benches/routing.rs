@@ -47,6 +47,7 @@ fn main() -> anyhow::Result<()> {
         (0..ASSOCIATES).map(|i| associate(i, &mut rng)).collect(),
     ));
     decision_bench(roster.clone(), decisions, &mut rng)?;
+    engine_memory(roster.clone(), open, &mut rng);
     if std::env::var("ROUTING_BENCH_MEMORY").as_deref() != Ok("0") {
         memory_bench(open)?;
     }
@@ -267,6 +268,37 @@ fn report(what: &str, v: &mut [Duration]) {
         q(0.5),
         q(0.99),
         q(1.0)
+    );
+}
+
+/// The router's own share: an engine restored with `open` waiting
+/// inquiries, measured as the growth of this process's resident memory.
+fn engine_memory(roster: Arc<Roster>, open: usize, rng: &mut fastrand::Rng) {
+    let now = 1_800_000_000_000;
+    let before = proc_memory(std::process::id()).map(|m| m.0).unwrap_or(0);
+    let works = (1..=open as i64)
+        .map(|i| switchboard::routing::engine::RestoredWork {
+            work: rare(i, rng, now),
+            status: switchboard::inquiry::Status::Open,
+            assignee: None,
+            open_offer: None,
+            declined: Vec::new(),
+            expired: Vec::new(),
+            responded: false,
+            sla_breached: false,
+        })
+        .collect();
+    let snapshot = Snapshot {
+        works,
+        ..Snapshot::default()
+    };
+    let engine = Engine::new(RoutingConfig::default(), roster, snapshot, now);
+    let after = proc_memory(std::process::id()).map(|m| m.0).unwrap_or(0);
+    println!(
+        "\nengine memory: {} open inquiries restored: +{:.1} MiB resident ({:.0} bytes each)",
+        engine.open_count(),
+        after.saturating_sub(before) as f64 / 1024.0,
+        after.saturating_sub(before) as f64 * 1024.0 / open as f64
     );
 }
 

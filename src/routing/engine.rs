@@ -181,6 +181,12 @@ struct Person {
 
 type QueueKey = (Urgency, i64, i64, i64);
 
+/// Timers fired per [`Engine::tick`].
+pub const MAX_TIMERS_PER_TICK: usize = 256;
+
+/// Candidates listed in an explanation (the rest are counted).
+const SHOWN_CANDIDATES: usize = 10;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Timer {
     OfferExpiry,
@@ -224,6 +230,8 @@ pub struct Engine {
     skill_ids: HashMap<String, usize>,
     /// `skill_bits[skill][level - 1]`: who has the skill at `level` or more.
     skill_bits: Vec<[Bitset; 5]>,
+    /// `levels[i * skills + skill]`: associate `i`'s level (0 = none).
+    levels: Vec<u8>,
     team_bits: HashMap<String, Bitset>,
     lang_bits: HashMap<String, Bitset>,
     /// Distinct working-hours schedules, and each associate's, so one
@@ -250,6 +258,7 @@ impl Engine {
             people: Vec::new(),
             skill_ids: HashMap::new(),
             skill_bits: Vec::new(),
+            levels: Vec::new(),
             team_bits: HashMap::new(),
             lang_bits: HashMap::new(),
             schedules: Vec::new(),
@@ -399,6 +408,13 @@ impl Engine {
                 })
             });
             self.hours_of.push(hours);
+        }
+        let skills = self.skill_ids.len();
+        self.levels = vec![0; n * skills];
+        for (i, a) in roster.associates.iter().enumerate() {
+            for (skill, &level) in &a.skills {
+                self.levels[i * skills + self.skill_ids[skill]] = level;
+            }
         }
         self.roster = roster;
         for w in self.works.values() {
@@ -657,12 +673,18 @@ impl Engine {
 
     /// Fires every timer due at `now`: offer timeouts, relaxation steps,
     /// SLA deadlines.
+    ///
+    /// At most [`MAX_TIMERS_PER_TICK`] fire per call, so a restart with a
+    /// large backlog is worked off in bounded rounds: call again while
+    /// [`Engine::next_deadline`] is due.
     pub fn tick(&mut self, now: i64) -> Vec<Effect> {
         let mut effects = Vec::new();
+        let mut fired = 0;
         while let Some(&first) = self.timers.first() {
-            if first.0 > now {
+            if first.0 > now || fired == MAX_TIMERS_PER_TICK {
                 break;
             }
+            fired += 1;
             self.timers.pop_first();
             let (_, timer, id, offer) = first;
             match timer {
@@ -847,8 +869,9 @@ impl Engine {
         let Some(work) = self.works.get(&id) else {
             return;
         };
-        let decision = self.decision(work, now);
-        let eff = self.effective(work, now);
+        let found = self.find(work, now);
+        let winner = self.winner(&found);
+        let eff = &found.eff;
         let was_waiting_since = work.new.waiting_since;
         let already_queued = self.waiting.contains(&queue_key(&work.new));
         if eff.steps_taken > work.relaxed {
@@ -861,14 +884,18 @@ impl Engine {
             });
             self.works.get_mut(&id).expect("present").relaxed = eff.steps_taken;
         }
-        match decision.winner {
+        match winner {
             Some(winner) => {
+                let explanation = self.explain(&self.works[&id], now, &found);
                 let key = queue_key(&self.works[&id].new);
                 self.waiting.remove(&key);
-                self.offer(id, &winner, decision.explanation, now, effects);
+                self.offer(id, &winner, explanation, now, effects);
             }
             None => {
                 if !already_queued {
+                    // Explained once, when it joins the queue; retries at
+                    // relaxation steps record only the step taken.
+                    let explanation = self.explain(&self.works[&id], now, &found);
                     let work = self.works.get_mut(&id).expect("present");
                     work.state = State::Waiting;
                     self.waiting.insert(queue_key(&work.new));
@@ -881,7 +908,7 @@ impl Engine {
                     effects.push(Effect::Event {
                         inquiry_id: id,
                         kind: "queued",
-                        detail: decision.explanation,
+                        detail: explanation,
                     });
                 }
                 let work = &self.works[&id];
@@ -1125,8 +1152,7 @@ impl Engine {
             }
             let found = self.waiting.iter().find_map(|k| {
                 let w = self.works.get(&k.3)?;
-                let eff = self.effective(w, now);
-                self.exclusion(i, w, &eff, now).is_none().then_some(k.3)
+                self.qualifies(i, w, now).then_some(k.3)
             });
             let Some(id) = found else {
                 return;
@@ -1186,13 +1212,7 @@ impl Engine {
         // Each step holds everything in force from its `after` on (the
         // rules store ladders cumulatively): only the latest one reached
         // applies, to the original requirement.
-        let waited = now - work.new.waiting_since;
-        let reached = req
-            .relaxation
-            .iter()
-            .enumerate()
-            .filter(|(_, step)| step.after.as_millis() as i64 <= waited)
-            .last();
+        let reached = self.reached(work, now);
         if let Some((n, step)) = reached {
             if step.drop_language {
                 eff.language = None;
@@ -1209,6 +1229,58 @@ impl Engine {
             eff.steps_taken = n + 1;
         }
         eff
+    }
+
+    /// The latest relaxation step `work` has reached, with its index.
+    fn reached<'w>(&self, work: &'w Work, now: i64) -> Option<(usize, &'w super::RelaxStep)> {
+        let waited = now - work.new.waiting_since;
+        work.new
+            .requirements
+            .relaxation
+            .iter()
+            .enumerate()
+            .filter(|(_, step)| step.after.as_millis() as i64 <= waited)
+            .last()
+    }
+
+    /// Whether associate `i`, known to be working now, can take `work`:
+    /// [`Engine::exclusion`] without building reasons, for backfill, which
+    /// asks it of every waiting inquiry.
+    fn qualifies(&self, i: usize, work: &Work, now: i64) -> bool {
+        let a = &self.roster.associates[i];
+        let req = &work.new.requirements;
+        if !self.free[medium_index(work.new.medium)].contains(i) {
+            return false;
+        }
+        if let Some(q) = &req.queue
+            && a.team.as_ref() != Some(q)
+        {
+            return false;
+        }
+        let step = self.reached(work, now).map(|(_, s)| s);
+        if !step.is_some_and(|s| s.drop_skills) {
+            let lower = step.map_or(0, |s| s.lower_skill_levels);
+            for (skill, &min) in &req.skills {
+                let need = min.saturating_sub(lower).max(1);
+                if self.level(i, skill) < need {
+                    return false;
+                }
+            }
+        }
+        if !step.is_some_and(|s| s.drop_language)
+            && let Some(lang) = &req.language
+            && !a.languages.iter().any(|l| l == lang)
+        {
+            return false;
+        }
+        work.passed.is_empty() || !work.passed.contains(&a.id)
+    }
+
+    fn level(&self, i: usize, skill: &str) -> u8 {
+        match self.skill_ids.get(skill) {
+            Some(&sid) => self.levels[i * self.skill_ids.len() + sid],
+            None => 0,
+        }
     }
 
     /// Why associate `i` cannot take `work` now, or `None` if they can.
@@ -1278,7 +1350,7 @@ impl Engine {
         } else {
             eff.skills
                 .keys()
-                .map(|s| f64::from(a.skills.get(s).copied().unwrap_or(0)) / 5.0)
+                .map(|s| f64::from(self.level(i, s)) / 5.0)
                 .sum::<f64>()
                 / eff.skills.len() as f64
         };
@@ -1337,7 +1409,8 @@ impl Engine {
         (set, stages)
     }
 
-    fn decision(&self, work: &Work, now: i64) -> Decision {
+    /// The best candidates for `work` now, best first.
+    fn find(&self, work: &Work, now: i64) -> Found {
         let eff = self.effective(work, now);
         let (set, stages) = self.eligible(work, &eff);
         // The bitsets settled presence, capacity, team, skills and language;
@@ -1345,8 +1418,7 @@ impl Engine {
         let at = utc(now);
         let mut open: Vec<Option<bool>> = vec![None; self.schedules.len()];
         let sticky = self.sticky_for(work, now);
-        let shown = self.config.explain_limit.clamp(1, 20);
-        let mut top: Vec<Scored> = Vec::with_capacity(shown + 1);
+        let mut top: Vec<Scored> = Vec::with_capacity(SHOWN_CANDIDATES + 1);
         let mut eligible = 0usize;
         for i in set.iter() {
             if let Some(h) = self.hours_of[i] {
@@ -1360,17 +1432,37 @@ impl Engine {
             }
             eligible += 1;
             let s = self.score_with(i, work, &eff, now, sticky);
-            if top.len() < shown || better(&s, &top[top.len() - 1], &self.people) {
+            if top.len() < SHOWN_CANDIDATES || better(&s, &top[top.len() - 1], &self.people) {
                 let at = top
                     .iter()
                     .position(|t| better(&s, t, &self.people))
                     .unwrap_or(top.len());
                 top.insert(at, s);
-                top.truncate(shown);
+                top.truncate(SHOWN_CANDIDATES);
             }
         }
-        let winner = top.first().map(|s| s.index);
-        let candidates: Vec<Value> = top
+        Found {
+            eff,
+            top,
+            eligible,
+            stages,
+        }
+    }
+
+    fn winner(&self, found: &Found) -> Option<String> {
+        found
+            .top
+            .first()
+            .map(|s| self.roster.associates[s.index].id.clone())
+    }
+
+    /// The explanation of a decision: rules, requirement in force, filters
+    /// with what each left, the best candidates with their score parts, and
+    /// (for small rosters) why each other associate was excluded.
+    fn explain(&self, work: &Work, now: i64, found: &Found) -> Value {
+        let eff = &found.eff;
+        let candidates: Vec<Value> = found
+            .top
             .iter()
             .map(|s| {
                 json!({
@@ -1391,26 +1483,39 @@ impl Engine {
             "requirements": { "skills": eff.skills, "language": eff.language, "queue": eff.queue },
             "relaxation_step": eff.step,
             "weights": self.config.weights,
-            "eligible": eligible,
+            "eligible": found.eligible,
             "candidates": candidates,
-            "filters": stages.iter().map(|(f, n)| json!({ "filter": f, "left": n })).collect::<Vec<_>>(),
-            "winner": winner.map(|i| self.roster.associates[i].id.clone()),
+            "filters": found.stages.iter().map(|(f, n)| json!({ "filter": f, "left": n })).collect::<Vec<_>>(),
+            "winner": self.winner(found),
         });
         if self.roster.associates.len() <= self.config.explain_limit {
             let excluded: Vec<Value> = (0..self.roster.associates.len())
                 .filter_map(|i| {
-                    self.exclusion(i, work, &eff, now).map(|reason| {
+                    self.exclusion(i, work, eff, now).map(|reason| {
                         json!({ "associate": self.roster.associates[i].id, "reason": reason })
                     })
                 })
                 .collect();
             explanation["excluded"] = json!(excluded);
         }
+        explanation
+    }
+
+    fn decision(&self, work: &Work, now: i64) -> Decision {
+        let found = self.find(work, now);
         Decision {
-            winner: winner.map(|i| self.roster.associates[i].id.clone()),
-            explanation,
+            winner: self.winner(&found),
+            explanation: self.explain(work, now, &found),
         }
     }
+}
+
+/// What [`Engine::find`] found.
+struct Found {
+    eff: Effective,
+    top: Vec<Scored>,
+    eligible: usize,
+    stages: Vec<(String, usize)>,
 }
 
 /// Whether `a` ranks before `b`: higher score, then longer idle, then

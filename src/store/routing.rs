@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use rusqlite::{Connection, params};
+use futures_util::TryStreamExt;
 use sqlx::Row;
 
 use super::StoreError;
@@ -120,16 +121,16 @@ pub(super) async fn snapshot(
     now: i64,
 ) -> Result<Snapshot, StoreError> {
     let mut snapshot = Snapshot::default();
-    let rows = sqlx::query(
+    // Streamed: a large backlog is never held twice (rows and works).
+    let mut rows = sqlx::query(
         "SELECT i.id, i.reference, i.medium, i.urgency, i.customer_key, i.requirements, i.sla_due_at, \
          COALESCE(i.waiting_since, i.created_at), i.status, i.assignee, i.first_response_at, i.sla_breached, \
          o.id, o.associate_id, o.expires_at \
          FROM inquiries i LEFT JOIN offers o ON o.inquiry_id = i.id AND o.state = 'open' \
          WHERE i.status <> 'resolved'",
     )
-    .fetch_all(pool)
-    .await?;
-    for r in rows {
+    .fetch(pool);
+    while let Some(r) = rows.try_next().await? {
         let id: i64 = r.get(0);
         let bad = |what: &str| StoreError::Corrupt(format!("inquiry {id}: {what}"));
         let medium: Medium = r.get::<String, _>(2).parse().map_err(|_| bad("medium"))?;
