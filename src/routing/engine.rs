@@ -1191,8 +1191,7 @@ impl Engine {
             .relaxation
             .iter()
             .enumerate()
-            .filter(|(_, step)| step.after.as_millis() as i64 <= waited)
-            .last();
+            .rfind(|(_, step)| step.after.as_millis() as i64 <= waited);
         if let Some((n, step)) = reached {
             if step.drop_language {
                 eff.language = None;
