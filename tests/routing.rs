@@ -585,3 +585,77 @@ async fn a_roster_with_problems_is_refused_at_reload_and_the_old_one_stays() {
     let r = desk.inquiry("m1", "c@example.org").await;
     desk.offered("anna", &r).await;
 }
+
+#[tokio::test]
+async fn an_edited_roster_is_reloaded_without_a_signal_and_a_broken_one_refused() {
+    let setup = Setup::new(None);
+    let roster_file = setup.dir.path().join("roster.toml");
+    std::fs::write(&roster_file, roster(&[("anna", "", 1)], "")).unwrap();
+    setup.write_config(&setup.config_text(
+        None,
+        &format!("[roster]\npath = \"roster.toml\"\n\n[routing]\n{AVAILABLE}\n"),
+    ));
+    let daemon = Daemon::start(
+        &setup.config_path(),
+        &[("SWITCHBOARD__SERVER__WATCH_INTERVAL", "100ms")],
+    );
+    let desk = Desk {
+        setup,
+        daemon,
+        client: http(),
+    };
+    let count = |needle: &str| {
+        desk.daemon
+            .log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains(needle))
+            .count()
+    };
+
+    // Ben replaces Anna; no SIGHUP is sent.
+    std::fs::write(&roster_file, roster(&[("ben", "", 1)], "")).unwrap();
+    eventually(Duration::from_secs(10), "reload on change", || async {
+        desk.daemon
+            .log_contains("configuration reloaded")
+            .then_some(())
+    })
+    .await;
+    assert!(
+        desk.daemon.log_contains("roster.toml"),
+        "{}",
+        desk.daemon.log_text()
+    );
+    let first = desk.inquiry("m1", "c1@example.org").await;
+    desk.offered("ben", &first).await;
+
+    // A broken roster is refused, once, and Ben's stays.
+    std::fs::write(
+        &roster_file,
+        "[[associate]]\nid = \"ben\"\nname = \"B\"\nemail = \"b@x\"\nskills = { billing = 9 }\n",
+    )
+    .unwrap();
+    eventually(Duration::from_secs(10), "rejection", || async {
+        desk.daemon.log_contains("outside 1..=5").then_some(())
+    })
+    .await;
+    let changes = count("configuration changed on disk");
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(
+        count("configuration changed on disk"),
+        changes,
+        "one reload per change:\n{}",
+        desk.daemon.log_text()
+    );
+    assert_eq!(
+        count("configuration reloaded"),
+        1,
+        "{}",
+        desk.daemon.log_text()
+    );
+    assert_eq!(desk.act("ben", &first, "accept", None).await.0, 200);
+    assert_eq!(desk.act("ben", &first, "resolve", None).await.0, 200);
+    let second = desk.inquiry("m2", "c2@example.org").await;
+    desk.offered("ben", &second).await;
+}
