@@ -659,3 +659,66 @@ async fn an_edited_roster_is_reloaded_without_a_signal_and_a_broken_one_refused(
     let second = desk.inquiry("m2", "c2@example.org").await;
     desk.offered("ben", &second).await;
 }
+
+#[tokio::test]
+async fn working_hours_keep_offers_from_associates_off_duty() {
+    // Anna's schedule is open every day, but today and tomorrow (UTC) are
+    // holidays: she is off duty whenever this test runs. She comes first
+    // on the roster, so she would win every tie if her hours were ignored.
+    let today = chrono::Utc::now().date_naive();
+    let tomorrow = today.succ_opt().unwrap();
+    let anna = format!(
+        "[hours.closed]\ntimezone = \"UTC\"\nopen = [\"daily 00:00-24:00\"]\n\
+         holidays = [\"{today}\", \"{tomorrow}\"]\n\n\
+         [[associate]]\nid = \"anna\"\nname = \"Anna\"\nemail = \"anna@bank.example\"\n\
+         languages = [\"en\"]\nskills = {{ billing = 5 }}\ncapacity = {{ generic = 3 }}\n\
+         hours = \"closed\"\nnotify = \"none\"\ntoken_sha256 = \"{}\"\n",
+        hex::encode(Sha256::digest(token("anna").as_bytes()))
+    );
+    let desk = Desk::start(&roster(&[("ben", "billing = 3", 3)], &anna), AVAILABLE);
+
+    let first = desk.inquiry("m1", "c1@example.org").await;
+    desk.offered("ben", &first).await;
+    assert!(desk.offers("anna").await.is_empty());
+    let detail = desk.detail(&first).await;
+    let why = &events(&detail, "offered")[0]["detail"];
+    assert_eq!(why["winner"], "ben");
+    assert_eq!(why["candidates"].as_array().unwrap().len(), 1, "{why}");
+    assert_eq!(why["excluded"][0]["associate"], "anna", "{why}");
+    assert_eq!(why["excluded"][0]["reason"], "outside working hours");
+    assert_eq!(desk.act("ben", &first, "accept", None).await.0, 200);
+
+    // With Ben away nobody is on duty: it waits, and says why.
+    desk.presence("ben", "away").await;
+    let second = desk.inquiry("m2", "c2@example.org").await;
+    let queued = eventually(Duration::from_secs(10), "queued", || async {
+        let d = desk.detail(&second).await;
+        events(&d, "queued").first().map(|e| e["detail"].clone())
+    })
+    .await;
+    assert_eq!(queued["winner"], Value::Null);
+    let excluded: Vec<(&str, &str)> = queued["excluded"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| {
+            (
+                x["associate"].as_str().unwrap(),
+                x["reason"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        excluded,
+        vec![("anna", "outside working hours"), ("ben", "away")]
+    );
+    assert!(desk.offers("anna").await.is_empty());
+    let (_, q) = desk.ops(Method::GET, "/api/v1/queue", None).await;
+    let waiting: Vec<&str> = q["waiting"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["inquiry"].as_str().unwrap())
+        .collect();
+    assert_eq!(waiting, vec![second.as_str()], "{q}");
+}
