@@ -783,6 +783,86 @@ mod tests {
         );
     }
 
+    fn routed(winner: Option<&str>) -> DryRun {
+        use crate::routing::engine::Decision;
+        use crate::store::{AckPlan, Classified};
+        DryRun {
+            ack: AckPlan::Skip {
+                reason: "test".into(),
+            },
+            classified: Classified {
+                urgency: Urgency::High,
+                requirements: Default::default(),
+                sla_due_at: None,
+                trace: serde_json::Value::Null,
+            },
+            decision: Decision {
+                winner: winner.map(str::to_owned),
+                explanation: serde_json::json!({
+                    "relaxation_step": "urgent.1",
+                    "candidates": [{"associate": "ben", "score": 91.0, "skill_fit": 0.8, "load": 0.0, "sticky": true}],
+                    "excluded": [{"associate": "anna", "reason": "away"}],
+                }),
+            },
+        }
+    }
+
+    #[test]
+    fn associate_expectations_add_to_the_rules_verdict() {
+        let c = classification();
+        let e = expect("associate = \"ben\"");
+        let ok = check(&e, &c);
+        assert!(matches!(
+            check_routing(&e, &c, &routed(Some("ben")), ok),
+            Outcome::Pass
+        ));
+        let nobody = expect("associate = \"\"");
+        let Outcome::Fail { diffs, routing, .. } =
+            check_routing(&nobody, &c, &routed(Some("ben")), Outcome::Pass)
+        else {
+            panic!("expected a failure");
+        };
+        assert_eq!(diffs[0].expected, "(nobody: it would wait)");
+        assert_eq!(diffs[0].got, "ben");
+        assert_eq!(
+            routing,
+            [
+                "relaxation step urgent.1",
+                "candidate ben: score 91.0, skill fit 0.8, load 0.0, sticky",
+                "excluded anna: away",
+            ]
+        );
+
+        // A rules failure keeps its diffs and trace; the associate's comes last.
+        let both = expect("urgency = \"low\"\nassociate = \"anna\"");
+        let rules_said = check(&both, &c);
+        let Outcome::Fail {
+            diffs,
+            trace,
+            routing,
+        } = check_routing(&both, &c, &routed(None), rules_said)
+        else {
+            panic!("expected a failure");
+        };
+        let fields: Vec<_> = diffs.iter().map(|d| d.field).collect();
+        assert_eq!(fields, ["urgency", "associate"]);
+        assert_eq!(diffs[1].got, "(nobody: it would wait)");
+        assert_eq!(trace, ["failed-transfer: "]);
+        let text = render(&[FixtureReport {
+            file: "x.toml".into(),
+            description: None,
+            outcome: Outcome::Fail {
+                diffs,
+                trace,
+                routing,
+            },
+        }]);
+        assert!(
+            text.contains("      routing:\n        relaxation step urgent.1\n"),
+            "{text}"
+        );
+    }
+
     #[test]
     fn unknown_expectations_are_errors() {
         assert!(toml::from_str::<Expect>("urgencyy = \"high\"").is_err());
