@@ -1,14 +1,18 @@
 //! Wires the tasks together and owns the process lifecycle.
 //!
 //! Start: load settings, open the store (migrations), bind, serve, dispatch.
-//! SIGHUP: reload the config files; an invalid file is logged and the old
-//! settings stay. SIGTERM/SIGINT: stop taking connections, let in-flight
+//! SIGHUP, or a change on disk to the config file, the rules, the roster or
+//! the templates (checked every `server.watch_interval`): reload them; an
+//! invalid file is logged and the old settings stay. SIGTERM/SIGINT: stop taking connections, let in-flight
 //! requests and deliveries finish within `server.drain_timeout`, commit what
 //! the writer holds, exit.
 
+use std::collections::BTreeMap;
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
@@ -79,13 +83,9 @@ pub async fn run(config_path: &Path) -> Result<(), DaemonError> {
     // Installed before we announce readiness: a SIGHUP that arrived before
     // its handler would kill the process (the default action).
     let handlers = Signals::install()?;
-    let signals = tokio::spawn(watch_signals(
-        handlers,
-        config_path.to_path_buf(),
-        settings.clone(),
-        router.clone(),
-        shutdown.clone(),
-    ));
+    let reloader = Reloader::new(config_path.to_path_buf(), settings.clone(), router.clone());
+    let signals = tokio::spawn(watch_signals(handlers, reloader.clone(), shutdown.clone()));
+    let files = tokio::spawn(watch_files(reloader, shutdown.clone()));
     {
         let s = settings.load();
         tracing::info!(
@@ -133,6 +133,7 @@ pub async fn run(config_path: &Path) -> Result<(), DaemonError> {
     }
     store.close().await;
     signals.abort();
+    let _ = files.await;
     tracing::info!("switchboard stopped");
     Ok(())
 }
@@ -155,26 +156,158 @@ impl Signals {
 }
 
 /// Turns signals into reloads and the shutdown token.
-async fn watch_signals(
-    mut signals: Signals,
-    path: PathBuf,
-    settings: Arc<ArcSwap<Settings>>,
-    router: Router,
-    shutdown: CancellationToken,
-) {
+async fn watch_signals(mut signals: Signals, reloader: Reloader, shutdown: CancellationToken) {
     loop {
         tokio::select! {
             _ = signals.hup.recv() => {
-                if reload(&path, &settings) {
-                    let s = settings.load();
-                    router.reconfigure(s.roster.clone(), s.routing.clone());
-                }
+                reloader.reload();
             }
             _ = signals.term.recv() => break,
             _ = signals.int.recv() => break,
         }
     }
     shutdown.cancel();
+}
+
+/// How often a turned-off watcher looks whether a reload turned it on.
+const WATCH_OFF_RECHECK: Duration = Duration::from_secs(5);
+
+/// How long changed sources must hold still before they are read.
+const WATCH_SETTLE: Duration = Duration::from_millis(250);
+
+/// Reloads when one of the settings' sources changes on disk, every
+/// `server.watch_interval` (`0s`: never), until `shutdown`.
+async fn watch_files(reloader: Reloader, shutdown: CancellationToken) {
+    loop {
+        let interval = reloader.settings.load().server.watch_interval;
+        let wait = if interval.is_zero() {
+            WATCH_OFF_RECHECK
+        } else {
+            interval
+        };
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(wait) => {}
+        }
+        if interval.is_zero() {
+            continue;
+        }
+        let Some(file) = reloader.changed() else {
+            continue;
+        };
+        // A file being written (truncated, then filled) must not be read
+        // half-way: act once the sources have held still for a moment.
+        let moving = reloader.current();
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(interval.min(WATCH_SETTLE)) => {}
+        }
+        if reloader.current() != moving {
+            continue;
+        }
+        tracing::info!(file = %file.display(), "configuration changed on disk; reloading");
+        reloader.reload();
+    }
+}
+
+/// The one way settings are reloaded, from SIGHUP or a file change: one
+/// reload at a time, the router reconfigured with what was taken, and the
+/// sources' state remembered so a change is acted on once.
+#[derive(Clone)]
+struct Reloader {
+    path: PathBuf,
+    settings: Arc<ArcSwap<Settings>>,
+    router: Router,
+    /// The sources' state when they were last read.
+    seen: Arc<Mutex<Stamps>>,
+}
+
+impl Reloader {
+    fn new(path: PathBuf, settings: Arc<ArcSwap<Settings>>, router: Router) -> Reloader {
+        let seen = Stamps::of(&settings.load().sources);
+        Reloader {
+            path,
+            settings,
+            router,
+            seen: Arc::new(Mutex::new(seen)),
+        }
+    }
+
+    /// Reloads now; returns whether the new settings were taken.
+    fn reload(&self) -> bool {
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        // Taken before reading: a write during the reload is seen next time.
+        let before = Stamps::of(&self.settings.load().sources);
+        let taken = reload(&self.path, &self.settings);
+        let s = self.settings.load();
+        if taken {
+            self.router.reconfigure(s.roster.clone(), s.routing.clone());
+        }
+        *seen = if before.paths_match(&s.sources) {
+            before
+        } else {
+            Stamps::of(&s.sources)
+        };
+        taken
+    }
+
+    /// The sources' state now.
+    fn current(&self) -> Stamps {
+        Stamps::of(&self.settings.load().sources)
+    }
+
+    /// The first source that differs from when it was last read.
+    fn changed(&self) -> Option<PathBuf> {
+        let seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Stamps::of(&self.settings.load().sources);
+        now.0
+            .iter()
+            .find(|(path, stamp)| seen.0.get(*path) != Some(stamp))
+            .map(|(path, _)| path.clone())
+    }
+}
+
+/// What a file or folder looked like: enough to notice an edit without
+/// reading it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Stamp {
+    Missing,
+    File(Option<SystemTime>, u64),
+    /// A folder: each entry's name, modification time and size.
+    Folder(Vec<(OsString, Option<SystemTime>, u64)>),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Stamps(BTreeMap<PathBuf, Stamp>);
+
+impl Stamps {
+    fn of(paths: &[PathBuf]) -> Stamps {
+        Stamps(paths.iter().map(|p| (p.clone(), stamp(p))).collect())
+    }
+
+    fn paths_match(&self, paths: &[PathBuf]) -> bool {
+        self.0.len() == paths.len() && paths.iter().all(|p| self.0.contains_key(p))
+    }
+}
+
+fn stamp(path: &Path) -> Stamp {
+    let Ok(meta) = std::fs::metadata(path) else {
+        return Stamp::Missing;
+    };
+    if !meta.is_dir() {
+        return Stamp::File(meta.modified().ok(), meta.len());
+    }
+    let mut entries: Vec<_> = std::fs::read_dir(path)
+        .into_iter()
+        .flatten()
+        .filter_map(|e| {
+            let e = e.ok()?;
+            let meta = e.metadata().ok()?;
+            Some((e.file_name(), meta.modified().ok(), meta.len()))
+        })
+        .collect();
+    entries.sort();
+    Stamp::Folder(entries)
 }
 
 /// Re-reads the configuration and swaps it in whole, or keeps the old one.
@@ -201,5 +334,34 @@ pub fn reload(path: &Path, settings: &ArcSwap<Settings>) -> bool {
             }
             false
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stamps_notice_edits_new_files_and_template_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("roster.toml");
+        let folder = dir.path().join("templates");
+        std::fs::create_dir(&folder).unwrap();
+        let paths = vec![file.clone(), folder.clone()];
+        let start = Stamps::of(&paths);
+        assert_eq!(start.0[&file], Stamp::Missing);
+        assert_eq!(Stamps::of(&paths), start, "nothing changed");
+
+        std::fs::write(&file, "a").unwrap();
+        let written = Stamps::of(&paths);
+        assert_ne!(written, start);
+        std::fs::write(&file, "ab").unwrap();
+        assert_ne!(Stamps::of(&paths), written, "a longer file");
+
+        let before = Stamps::of(&paths);
+        std::fs::write(folder.join("ack.en.txt"), "hi").unwrap();
+        assert_ne!(Stamps::of(&paths), before, "a new template");
+        assert!(before.paths_match(&paths));
+        assert!(!before.paths_match(&paths[..1]));
     }
 }

@@ -31,11 +31,16 @@
 //! sla = "1h"
 //! rules = ["billing", "blocked-account"]   # the rules that matched, in order
 //! relaxation = "urgent"        # the ladder
+//! associate = "anna"           # who it would be offered to; "" for nobody
+//!
+//! [roster]                     # only with `expect.associate`
+//! presence = { anna = "away", ben = "offline" }   # everyone else available
 //! ```
 //!
-//! This module knows the rules and the generic channel's parsing; routing
-//! expectations (an `associate`, a roster snapshot) belong in [`Expect`]
-//! and [`check`] once routing exists.
+//! An `associate` expectation runs the message through the rules and the
+//! routing engine ([`crate::dry_run`]) against the configured roster at the
+//! message's time, with everyone available unless `[roster]` says
+//! otherwise and nobody carrying work.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
@@ -47,7 +52,9 @@ use serde::Deserialize;
 
 use crate::channels::generic::GenericChannel;
 use crate::config::Settings;
-use crate::inquiry::{Adapter, ChannelId, Medium, Urgency};
+use crate::dry_run::{DryRun, dry_run};
+use crate::inquiry::{Adapter, ChannelId, Medium, NewMessage, Urgency};
+use crate::routing::Presence;
 use crate::rules::{Classification, Facts};
 use crate::templates::DEFAULT_ACK;
 
@@ -80,8 +87,20 @@ pub struct Fixture {
     pub medium: Option<Medium>,
     /// The generic webhook body: a table, or a string of JSON.
     pub message: toml::Value,
+    /// The roster's state for an `associate` expectation.
+    #[serde(default)]
+    pub roster: RosterSnapshot,
     #[serde(default)]
     pub expect: Expect,
+}
+
+/// `[roster]`: presence of the associates it names; everyone else is
+/// available.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RosterSnapshot {
+    #[serde(default)]
+    pub presence: BTreeMap<String, Presence>,
 }
 
 /// What the fixture expects; every field is optional.
@@ -100,9 +119,8 @@ pub struct Expect {
     pub sla: Option<Duration>,
     pub rules: Option<Vec<String>>,
     pub relaxation: Option<String>,
-    // Extension point for routing: expectations such as `associate = "anna"`
-    // (with a `roster` snapshot on the fixture) are added here and compared
-    // in `check` once routing exists.
+    /// Who routing would offer it to; `""` for nobody (it would wait).
+    pub associate: Option<String>,
 }
 
 /// `suppress_ack = true | false | "reason"`.
@@ -131,6 +149,9 @@ pub enum Outcome {
         diffs: Vec<FieldDiff>,
         /// The rules that matched, with why, for the report.
         trace: Vec<String>,
+        /// With a wrong `associate`: the routing decision's candidates and
+        /// exclusions, one line each.
+        routing: Vec<String>,
     },
     /// The fixture itself is wrong (bad TOML, bad message, bad expectation).
     Error(String),
@@ -179,8 +200,17 @@ pub fn run_file(settings: &Settings, file: &Path) -> FixtureReport {
         Err(e) => return report(None, Outcome::Error(e.to_string().trim_end().to_owned())),
     };
     let description = fixture.description.clone();
-    let outcome = match classify(settings, &fixture) {
-        Ok(c) => check(&fixture.expect, &c),
+    let outcome = match message(settings, &fixture).and_then(|m| {
+        let routed = route(settings, &fixture, &m)?;
+        Ok((evaluate(settings, &fixture, &m), routed))
+    }) {
+        Ok((c, routed)) => {
+            let outcome = check(&fixture.expect, &c);
+            match routed {
+                Some(r) => check_routing(&fixture.expect, &c, &r, outcome),
+                None => outcome,
+            }
+        }
         Err(e) => Outcome::Error(e),
     };
     report(description, outcome)
@@ -217,6 +247,56 @@ fn parse_at(value: &toml::Value) -> Result<DateTime<Utc>, String> {
 
 /// Builds the message and evaluates the rules on it.
 pub fn classify(settings: &Settings, fixture: &Fixture) -> Result<Classification, String> {
+    let message = message(settings, fixture)?;
+    Ok(evaluate(settings, fixture, &message))
+}
+
+fn evaluate(settings: &Settings, fixture: &Fixture, message: &NewMessage) -> Classification {
+    settings.rules.evaluate(&Facts {
+        message,
+        customer_tags: &fixture.customer_tags,
+        at: message.received_at,
+    })
+}
+
+/// Routes the message when the fixture expects an associate: the
+/// configured roster at the message's time, with the fixture's presence.
+fn route(
+    settings: &Settings,
+    fixture: &Fixture,
+    message: &NewMessage,
+) -> Result<Option<DryRun>, String> {
+    if fixture.expect.associate.is_none() {
+        if !fixture.roster.presence.is_empty() {
+            return Err("`roster`: a roster snapshot needs `expect.associate`".into());
+        }
+        return Ok(None);
+    }
+    let unknown: Vec<&str> = fixture
+        .roster
+        .presence
+        .keys()
+        .filter(|id| settings.roster.associates.iter().all(|a| &a.id != *id))
+        .map(String::as_str)
+        .collect();
+    if !unknown.is_empty() {
+        return Err(format!(
+            "`roster.presence`: not on the roster: {}",
+            unknown.join(", ")
+        ));
+    }
+    if let Some(a) = fixture.expect.associate.as_deref()
+        && !a.is_empty()
+        && settings.roster.associates.iter().all(|x| x.id != a)
+    {
+        return Err(format!("`expect.associate`: `{a}` is not on the roster"));
+    }
+    Ok(Some(dry_run(settings, message, &fixture.roster.presence)))
+}
+
+/// The message the fixture describes, as the generic channel parses it,
+/// carrying the fixture's customer tags as routing would see them.
+fn message(settings: &Settings, fixture: &Fixture) -> Result<NewMessage, String> {
     let at = match &fixture.at {
         Some(v) => parse_at(v)?,
         None => Utc::now(),
@@ -249,11 +329,14 @@ pub fn classify(settings: &Settings, fixture: &Fixture) -> Result<Classification
     if let Some(m) = fixture.medium {
         message.medium = m;
     }
-    Ok(settings.rules.evaluate(&Facts {
-        message: &message,
-        customer_tags: &fixture.customer_tags,
-        at,
-    }))
+    if !fixture.customer_tags.is_empty() {
+        // What the pipeline (and so the dry run) reads the tags from.
+        if !message.metadata.is_object() {
+            message.metadata = serde_json::json!({});
+        }
+        message.metadata["customer_tags"] = serde_json::json!(fixture.customer_tags);
+    }
+    Ok(message)
 }
 
 fn show_list<T: AsRef<str>>(items: &[T]) -> String {
@@ -434,8 +517,92 @@ pub fn check(expect: &Expect, got: &Classification) -> Outcome {
     if diffs.is_empty() {
         return Outcome::Pass;
     }
-    let trace = got
-        .trace
+    Outcome::Fail {
+        diffs,
+        trace: trace_lines(got),
+        routing: Vec::new(),
+    }
+}
+
+fn show_associate(a: Option<&str>) -> String {
+    a.map_or_else(|| "(nobody: it would wait)".to_owned(), str::to_owned)
+}
+
+/// Adds the `associate` expectation's verdict on `got` to `outcome`, what
+/// [`check`] said of the rules' classification `rules`.
+pub fn check_routing(
+    expect: &Expect,
+    rules: &Classification,
+    got: &DryRun,
+    outcome: Outcome,
+) -> Outcome {
+    let Some(wanted) = &expect.associate else {
+        return outcome;
+    };
+    let wanted = (!wanted.is_empty()).then_some(wanted.as_str());
+    if wanted == got.associate() {
+        return outcome;
+    }
+    let why = &got.decision.explanation;
+    let mut routing = Vec::new();
+    if let Some(step) = why["relaxation_step"].as_str() {
+        routing.push(format!("relaxation step {step}"));
+    }
+    for c in why["candidates"].as_array().into_iter().flatten() {
+        routing.push(format!(
+            "candidate {}: score {}, skill fit {}, load {}{}",
+            c["associate"].as_str().unwrap_or("?"),
+            c["score"],
+            c["skill_fit"],
+            c["load"],
+            if c["sticky"] == true { ", sticky" } else { "" },
+        ));
+    }
+    for x in why["excluded"].as_array().into_iter().flatten() {
+        routing.push(format!(
+            "excluded {}: {}",
+            x["associate"].as_str().unwrap_or("?"),
+            x["reason"].as_str().unwrap_or("?")
+        ));
+    }
+    if why.get("excluded").is_none() {
+        for f in why["filters"].as_array().into_iter().flatten() {
+            routing.push(format!(
+                "filter {}: {} left",
+                f["filter"].as_str().unwrap_or("?"),
+                f["left"]
+            ));
+        }
+    }
+    let diff = FieldDiff {
+        field: "associate",
+        expected: show_associate(wanted),
+        got: show_associate(got.associate()),
+        note: None,
+    };
+    match outcome {
+        Outcome::Pass => Outcome::Fail {
+            diffs: vec![diff],
+            trace: trace_lines(rules),
+            routing,
+        },
+        Outcome::Fail {
+            mut diffs, trace, ..
+        } => {
+            diffs.push(diff);
+            Outcome::Fail {
+                diffs,
+                trace,
+                routing,
+            }
+        }
+        e @ Outcome::Error(_) => e,
+    }
+}
+
+/// The rules that matched, with why, one line each.
+fn trace_lines(got: &Classification) -> Vec<String> {
+    got.trace
         .iter()
         .map(|m| {
             let why: Vec<String> = m
@@ -445,8 +612,7 @@ pub fn check(expect: &Expect, got: &Classification) -> Outcome {
                 .collect();
             format!("{}: {}", m.rule, why.join("; "))
         })
-        .collect();
-    Outcome::Fail { diffs, trace }
+        .collect()
 }
 
 /// The human-readable report: one line per fixture, a diff under each
@@ -475,7 +641,11 @@ pub fn render(reports: &[FixtureReport]) -> String {
                     let _ = writeln!(out, "      {line}");
                 }
             }
-            Outcome::Fail { diffs, trace } => {
+            Outcome::Fail {
+                diffs,
+                trace,
+                routing,
+            } => {
                 let _ = writeln!(out, "FAIL  {}{desc}", name(r));
                 for d in diffs {
                     let _ = writeln!(out, "      {}:", d.field);
@@ -491,6 +661,12 @@ pub fn render(reports: &[FixtureReport]) -> String {
                     let _ = writeln!(out, "      rules that matched:");
                     for t in trace {
                         let _ = writeln!(out, "        {t}");
+                    }
+                }
+                if !routing.is_empty() {
+                    let _ = writeln!(out, "      routing:");
+                    for line in routing {
+                        let _ = writeln!(out, "        {line}");
                     }
                 }
             }
@@ -571,7 +747,7 @@ mod tests {
             suppress_ack = true
             "#,
         );
-        let Outcome::Fail { diffs, trace } = check(&e, &classification()) else {
+        let Outcome::Fail { diffs, trace, .. } = check(&e, &classification()) else {
             panic!("expected a failure");
         };
         let fields: Vec<_> = diffs.iter().map(|d| d.field).collect();
@@ -594,11 +770,95 @@ mod tests {
         let text = render(&[FixtureReport {
             file: "x.toml".into(),
             description: Some("d".into()),
-            outcome: Outcome::Fail { diffs, trace },
+            outcome: Outcome::Fail {
+                diffs,
+                trace,
+                routing: Vec::new(),
+            },
         }]);
         assert!(text.starts_with("FAIL  x.toml — d\n      urgency:\n        expected: critical\n        got:      high\n"), "{text}");
         assert!(
             text.ends_with("1 fixture(s): 0 passed, 1 failed\n"),
+            "{text}"
+        );
+    }
+
+    fn routed(winner: Option<&str>) -> DryRun {
+        use crate::routing::engine::Decision;
+        use crate::store::{AckPlan, Classified};
+        DryRun {
+            ack: AckPlan::Skip {
+                reason: "test".into(),
+            },
+            classified: Classified {
+                urgency: Urgency::High,
+                requirements: Default::default(),
+                sla_due_at: None,
+                trace: serde_json::Value::Null,
+            },
+            decision: Decision {
+                winner: winner.map(str::to_owned),
+                explanation: serde_json::json!({
+                    "relaxation_step": "urgent.1",
+                    "candidates": [{"associate": "ben", "score": 91.0, "skill_fit": 0.8, "load": 0.0, "sticky": true}],
+                    "excluded": [{"associate": "anna", "reason": "away"}],
+                }),
+            },
+        }
+    }
+
+    #[test]
+    fn associate_expectations_add_to_the_rules_verdict() {
+        let c = classification();
+        let e = expect("associate = \"ben\"");
+        let ok = check(&e, &c);
+        assert!(matches!(
+            check_routing(&e, &c, &routed(Some("ben")), ok),
+            Outcome::Pass
+        ));
+        let nobody = expect("associate = \"\"");
+        let Outcome::Fail { diffs, routing, .. } =
+            check_routing(&nobody, &c, &routed(Some("ben")), Outcome::Pass)
+        else {
+            panic!("expected a failure");
+        };
+        assert_eq!(diffs[0].expected, "(nobody: it would wait)");
+        assert_eq!(diffs[0].got, "ben");
+        assert_eq!(
+            routing,
+            [
+                "relaxation step urgent.1",
+                "candidate ben: score 91.0, skill fit 0.8, load 0.0, sticky",
+                "excluded anna: away",
+            ]
+        );
+
+        // A rules failure keeps its diffs and trace; the associate's comes last.
+        let both = expect("urgency = \"low\"\nassociate = \"anna\"");
+        let rules_said = check(&both, &c);
+        let Outcome::Fail {
+            diffs,
+            trace,
+            routing,
+        } = check_routing(&both, &c, &routed(None), rules_said)
+        else {
+            panic!("expected a failure");
+        };
+        let fields: Vec<_> = diffs.iter().map(|d| d.field).collect();
+        assert_eq!(fields, ["urgency", "associate"]);
+        assert_eq!(diffs[1].got, "(nobody: it would wait)");
+        assert_eq!(trace, ["failed-transfer: "]);
+        let text = render(&[FixtureReport {
+            file: "x.toml".into(),
+            description: None,
+            outcome: Outcome::Fail {
+                diffs,
+                trace,
+                routing,
+            },
+        }]);
+        assert!(
+            text.contains("      routing:\n        relaxation step urgent.1\n"),
             "{text}"
         );
     }

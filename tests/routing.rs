@@ -585,3 +585,140 @@ async fn a_roster_with_problems_is_refused_at_reload_and_the_old_one_stays() {
     let r = desk.inquiry("m1", "c@example.org").await;
     desk.offered("anna", &r).await;
 }
+
+#[tokio::test]
+async fn an_edited_roster_is_reloaded_without_a_signal_and_a_broken_one_refused() {
+    let setup = Setup::new(None);
+    let roster_file = setup.dir.path().join("roster.toml");
+    std::fs::write(&roster_file, roster(&[("anna", "", 1)], "")).unwrap();
+    setup.write_config(&setup.config_text(
+        None,
+        &format!("[roster]\npath = \"roster.toml\"\n\n[routing]\n{AVAILABLE}\n"),
+    ));
+    let daemon = Daemon::start(
+        &setup.config_path(),
+        &[("SWITCHBOARD__SERVER__WATCH_INTERVAL", "100ms")],
+    );
+    let desk = Desk {
+        setup,
+        daemon,
+        client: http(),
+    };
+    let count = |needle: &str| {
+        desk.daemon
+            .log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains(needle))
+            .count()
+    };
+
+    // Ben replaces Anna; no SIGHUP is sent.
+    std::fs::write(&roster_file, roster(&[("ben", "", 1)], "")).unwrap();
+    eventually(Duration::from_secs(10), "reload on change", || async {
+        desk.daemon
+            .log_contains("configuration reloaded")
+            .then_some(())
+    })
+    .await;
+    assert!(
+        desk.daemon.log_contains("roster.toml"),
+        "{}",
+        desk.daemon.log_text()
+    );
+    let first = desk.inquiry("m1", "c1@example.org").await;
+    desk.offered("ben", &first).await;
+
+    // A broken roster is refused, once, and Ben's stays.
+    std::fs::write(
+        &roster_file,
+        "[[associate]]\nid = \"ben\"\nname = \"B\"\nemail = \"b@x\"\nskills = { billing = 9 }\n",
+    )
+    .unwrap();
+    eventually(Duration::from_secs(10), "rejection", || async {
+        desk.daemon.log_contains("outside 1..=5").then_some(())
+    })
+    .await;
+    let changes = count("configuration changed on disk");
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(
+        count("configuration changed on disk"),
+        changes,
+        "one reload per change:\n{}",
+        desk.daemon.log_text()
+    );
+    assert_eq!(
+        count("configuration reloaded"),
+        1,
+        "{}",
+        desk.daemon.log_text()
+    );
+    assert_eq!(desk.act("ben", &first, "accept", None).await.0, 200);
+    assert_eq!(desk.act("ben", &first, "resolve", None).await.0, 200);
+    let second = desk.inquiry("m2", "c2@example.org").await;
+    desk.offered("ben", &second).await;
+}
+
+#[tokio::test]
+async fn working_hours_keep_offers_from_associates_off_duty() {
+    // Anna's schedule is open every day, but today and tomorrow (UTC) are
+    // holidays: she is off duty whenever this test runs. She comes first
+    // on the roster, so she would win every tie if her hours were ignored.
+    let today = chrono::Utc::now().date_naive();
+    let tomorrow = today.succ_opt().unwrap();
+    let anna = format!(
+        "[hours.closed]\ntimezone = \"UTC\"\nopen = [\"daily 00:00-24:00\"]\n\
+         holidays = [\"{today}\", \"{tomorrow}\"]\n\n\
+         [[associate]]\nid = \"anna\"\nname = \"Anna\"\nemail = \"anna@bank.example\"\n\
+         languages = [\"en\"]\nskills = {{ billing = 5 }}\ncapacity = {{ generic = 3 }}\n\
+         hours = \"closed\"\nnotify = \"none\"\ntoken_sha256 = \"{}\"\n",
+        hex::encode(Sha256::digest(token("anna").as_bytes()))
+    );
+    let desk = Desk::start(&roster(&[("ben", "billing = 3", 3)], &anna), AVAILABLE);
+
+    let first = desk.inquiry("m1", "c1@example.org").await;
+    desk.offered("ben", &first).await;
+    assert!(desk.offers("anna").await.is_empty());
+    let detail = desk.detail(&first).await;
+    let why = &events(&detail, "offered")[0]["detail"];
+    assert_eq!(why["winner"], "ben");
+    assert_eq!(why["candidates"].as_array().unwrap().len(), 1, "{why}");
+    assert_eq!(why["excluded"][0]["associate"], "anna", "{why}");
+    assert_eq!(why["excluded"][0]["reason"], "outside working hours");
+    assert_eq!(desk.act("ben", &first, "accept", None).await.0, 200);
+
+    // With Ben away nobody is on duty: it waits, and says why.
+    desk.presence("ben", "away").await;
+    let second = desk.inquiry("m2", "c2@example.org").await;
+    let queued = eventually(Duration::from_secs(10), "queued", || async {
+        let d = desk.detail(&second).await;
+        events(&d, "queued").first().map(|e| e["detail"].clone())
+    })
+    .await;
+    assert_eq!(queued["winner"], Value::Null);
+    let excluded: Vec<(&str, &str)> = queued["excluded"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| {
+            (
+                x["associate"].as_str().unwrap(),
+                x["reason"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        excluded,
+        vec![("anna", "outside working hours"), ("ben", "away")]
+    );
+    assert!(desk.offers("anna").await.is_empty());
+    let (_, q) = desk.ops(Method::GET, "/api/v1/queue", None).await;
+    let waiting: Vec<&str> = q["waiting"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["inquiry"].as_str().unwrap())
+        .collect();
+    assert_eq!(waiting, vec![second.as_str()], "{q}");
+}

@@ -94,6 +94,107 @@ FAIL  fraud-de-wrong.toml — Kartenbetrug auf Deutsch: kritisch, Sicherheitstea
 }
 
 #[test]
+fn a_wrong_associate_fails_with_the_candidates_and_exclusions() {
+    let dir = tempfile::tempdir().unwrap();
+    let shipped = std::fs::read_to_string(root().join("config/rules.tests/fraud-de.toml")).unwrap();
+    let wrong = shipped.replace("associate = \"anna\"", "associate = \"frank\"");
+    assert_ne!(wrong, shipped);
+    std::fs::write(dir.path().join("fraud-de-frank.toml"), wrong).unwrap();
+    // Nobody expected, but Anna is in and would get the blocked account.
+    let shipped =
+        std::fs::read_to_string(root().join("config/rules.tests/blocked-account-en.toml")).unwrap();
+    let nobody = shipped.replace("associate = \"anna\"", "associate = \"\"");
+    assert_ne!(nobody, shipped);
+    std::fs::write(dir.path().join("blocked-nobody.toml"), nobody).unwrap();
+
+    let dir_arg = dir.path().to_string_lossy().into_owned();
+    let out = switchboard(&["test-rules", "--config", &example_config(), &dir_arg]);
+    let report = text(&out);
+    assert!(!out.status.success(), "{report}");
+    let expected = "\
+FAIL  fraud-de-frank.toml — Kartenbetrug auf Deutsch: kritisch, Sicherheitsteam, dringende Bestätigung
+      associate:
+        expected: frank
+        got:      anna
+      rules that matched:
+        billing: subject contains \"Abbuchung\"
+        web-form: channel generic/website
+        fraud: text contains \"Betrug\"
+      routing:
+        candidate anna: score 111.0, skill fit 1.0, load 0.0
+        candidate frank: score 91.0, skill fit 0.8, load 0.0
+        excluded ben: not in team security
+        excluded emma: not in team security
+        excluded clara: outside working hours
+        excluded david: outside working hours
+";
+    assert!(report.contains(expected), "{report}");
+    assert!(
+        report.contains(
+            "      associate:\n        expected: (nobody: it would wait)\n        got:      anna\n"
+        ),
+        "{report}"
+    );
+    assert!(
+        report.contains("excluded frank: does not speak en"),
+        "{report}"
+    );
+    assert!(
+        report.contains("2 fixture(s): 0 passed, 2 failed"),
+        "{report}"
+    );
+}
+
+#[test]
+fn a_roster_snapshot_changes_who_gets_it_and_is_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let shipped = std::fs::read_to_string(root().join("config/rules.tests/fraud-de.toml")).unwrap();
+    // With Anna away, Frank gets it; a snapshot naming someone not on the
+    // roster, or without an associate to check, is a broken fixture.
+    let away = shipped
+        .replace(
+            "[expect]",
+            "[roster]\npresence = { anna = \"away\" }\n\n[expect]",
+        )
+        .replace("associate = \"anna\"", "associate = \"frank\"");
+    std::fs::write(dir.path().join("a-away.toml"), &away).unwrap();
+    std::fs::write(
+        dir.path().join("b-unknown.toml"),
+        away.replace("anna = \"away\"", "anja = \"away\""),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("c-no-associate.toml"),
+        away.replace("associate = \"frank\"", ""),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("d-bad-presence.toml"),
+        away.replace("\"away\"", "\"asleep\""),
+    )
+    .unwrap();
+    let dir_arg = dir.path().to_string_lossy().into_owned();
+    let out = switchboard(&["test-rules", "--config", &example_config(), &dir_arg]);
+    let report = text(&out);
+    assert!(!out.status.success(), "{report}");
+    assert!(report.contains("PASS  a-away.toml"), "{report}");
+    assert!(
+        report.contains("ERROR b-unknown.toml")
+            && report.contains("`roster.presence`: not on the roster: anja"),
+        "{report}"
+    );
+    assert!(
+        report.contains("ERROR c-no-associate.toml")
+            && report.contains("a roster snapshot needs `expect.associate`"),
+        "{report}"
+    );
+    assert!(
+        report.contains("ERROR d-bad-presence.toml") && report.contains("asleep"),
+        "{report}"
+    );
+}
+
+#[test]
 fn a_broken_fixture_or_folder_is_an_error() {
     let dir = tempfile::tempdir().unwrap();
     let dir_arg = dir.path().to_string_lossy().into_owned();

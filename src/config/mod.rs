@@ -85,6 +85,11 @@ pub struct ServerConfig {
     /// How long shutdown waits for in-flight requests and deliveries.
     #[serde(with = "humantime_serde")]
     pub drain_timeout: Duration,
+    /// How often the config file, the rules, the roster and the templates
+    /// folder are checked for changes, which reload them as SIGHUP does;
+    /// `0s` turns the check off.
+    #[serde(with = "humantime_serde")]
+    pub watch_interval: Duration,
 }
 
 impl Default for ServerConfig {
@@ -92,6 +97,7 @@ impl Default for ServerConfig {
         ServerConfig {
             listen: ([127, 0, 0, 1], 8080).into(),
             drain_timeout: Duration::from_secs(10),
+            watch_interval: Duration::from_secs(2),
         }
     }
 }
@@ -269,6 +275,10 @@ pub struct Settings {
     pub routing: RoutingConfig,
     /// The compiled routing rules (`rules.path`).
     pub rules: Arc<RuleSet>,
+    /// What these were read from, for reload on change: the config file,
+    /// the rules file, the roster file (also when an optional one does not
+    /// exist yet) and the templates folder.
+    pub sources: Vec<PathBuf>,
 }
 
 impl Settings {
@@ -342,6 +352,18 @@ impl Settings {
         }
 
         let roster = load_roster(&base, &raw.roster, &mut problems);
+        let rules_path = base.join(
+            raw.rules
+                .path
+                .as_deref()
+                .unwrap_or(Path::new(DEFAULT_RULES)),
+        );
+        let sources = vec![
+            path.to_path_buf(),
+            rules_path.clone(),
+            roster_file(&base, &raw.roster).0,
+            base.join(&raw.templates.path),
+        ];
         if raw.routing.explain_limit == 0 {
             problems.push(Problem {
                 file: path.to_path_buf(),
@@ -377,12 +399,6 @@ impl Settings {
                 templates: templates.names(),
                 teams: staffed.then(|| roster.teams()),
             };
-            let rules_path = base.join(
-                raw.rules
-                    .path
-                    .as_deref()
-                    .unwrap_or(Path::new(DEFAULT_RULES)),
-            );
             if !rules_path.exists() {
                 if raw.rules.path.is_none() {
                     return Some(RuleSet::empty());
@@ -420,6 +436,7 @@ impl Settings {
                 roster: Arc::new(roster),
                 routing: raw.routing,
                 rules: Arc::new(rules),
+                sources,
             }),
             _ => Err(ConfigError { problems }),
         }
@@ -429,10 +446,7 @@ impl Settings {
 /// Loads the roster named by `[roster]`, adding its problems (with the
 /// roster file's name) to `problems`.
 fn load_roster(base: &Path, config: &RosterConfig, problems: &mut Vec<Problem>) -> Roster {
-    let (file, required) = match &config.path {
-        Some(p) => (base.join(p), true),
-        None => (base.join("roster.toml"), false),
-    };
+    let (file, required) = roster_file(base, config);
     let text = match std::fs::read_to_string(&file) {
         Ok(t) => t,
         Err(e) if !required && e.kind() == std::io::ErrorKind::NotFound => {
@@ -458,6 +472,14 @@ fn load_roster(base: &Path, config: &RosterConfig, problems: &mut Vec<Problem>) 
             }));
             Roster::default()
         }
+    }
+}
+
+/// The roster file, and whether it must exist.
+fn roster_file(base: &Path, config: &RosterConfig) -> (PathBuf, bool) {
+    match &config.path {
+        Some(p) => (base.join(p), true),
+        None => (base.join("roster.toml"), false),
     }
 }
 

@@ -1239,8 +1239,7 @@ impl Engine {
             .relaxation
             .iter()
             .enumerate()
-            .filter(|(_, step)| step.after.as_millis() as i64 <= waited)
-            .last()
+            .rfind(|(_, step)| step.after.as_millis() as i64 <= waited)
     }
 
     /// Whether associate `i`, known to be working now, can take `work`:

@@ -354,10 +354,10 @@ impl Roster {
                 token_hash,
             };
             let index = roster.associates.len();
-            if let Some(hash) = associate.token_hash {
-                if roster.by_token.insert(hash, index).is_some() {
-                    problem(key("token"), "two associates share one token".into());
-                }
+            if let Some(hash) = associate.token_hash
+                && roster.by_token.insert(hash, index).is_some()
+            {
+                problem(key("token"), "two associates share one token".into());
             }
             roster.by_id.insert(associate.id.clone(), index);
             roster.associates.push(associate);

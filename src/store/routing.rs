@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
-use rusqlite::{Connection, params};
 use futures_util::TryStreamExt;
+use rusqlite::{Connection, params};
 use sqlx::Row;
 
 use super::StoreError;
