@@ -5,11 +5,16 @@
 //!
 //! Adding a provider: a file here with its `Config` (serde, documented), a
 //! type implementing [`ChannelAdapter`], its tests beside it; a field in
-//! `config::ChannelsConfig`. The API routes `/webhooks/<adapter>/<name>/…`
+//! `config::ChannelsConfig` (built in `Settings::validate`). The API routes `/webhooks/<adapter>/<name>/…`
 //! to it without further wiring.
 
 pub mod generic;
 pub mod signature;
+pub mod slack;
+pub mod support;
+pub mod telegram;
+pub mod twilio;
+pub mod whatsapp;
 
 use std::collections::BTreeMap;
 use std::fmt;
