@@ -304,7 +304,10 @@ impl TwilioChannel {
                 "num_segments": p.get("NumSegments"),
             }),
             reply_context: serde_json::json!({"kind": "sms", "to": from, "from": to}),
-            no_ack_reason: None,
+            no_ack_reason: opt_out_keyword(p).then(|| {
+                "an opt-out or help keyword: Twilio answers it, and texting back may be refused"
+                    .to_owned()
+            }),
             received_at: request.received_at,
         })
     }
@@ -604,6 +607,33 @@ fn with_twilio_error(e: DeliveryError, json: &serde_json::Value) -> DeliveryErro
             reason: format!("{reason}; {detail}"),
         },
     }
+}
+
+/// Twilio's default opt-out, opt-in and help keywords (or its Advanced
+/// Opt-Out marker): Twilio answers those itself, and after STOP it refuses
+/// messages to the sender (error 21610).
+fn opt_out_keyword(p: &Params) -> bool {
+    const KEYWORDS: [&str; 14] = [
+        "STOP",
+        "STOPALL",
+        "UNSUBSCRIBE",
+        "CANCEL",
+        "END",
+        "QUIT",
+        "OPTOUT",
+        "REVOKE",
+        "START",
+        "YES",
+        "UNSTOP",
+        "HELP",
+        "INFO",
+        "OPTIN",
+    ];
+    if p.get("OptOutType").is_some_and(|t| !t.is_empty()) {
+        return true;
+    }
+    let body = p.get("Body").unwrap_or("").trim().to_ascii_uppercase();
+    KEYWORDS.contains(&body.as_str())
 }
 
 /// A reference read aloud character by character: `I N Q, 7 K 3 F 9 Q`.
@@ -1098,6 +1128,33 @@ mod tests {
         };
         assert_eq!(m[0].text, "Please call me");
         assert_eq!(m[0].thread.refers_to, vec![key]);
+    }
+
+    #[test]
+    fn opt_out_keywords_are_not_acknowledged() {
+        let c = channel();
+        let path = "/webhooks/twilio/main/sms";
+        for (body, silent) in [
+            (
+                "MessageSid=SM5&From=%2B15550001111&To=%2B15550002222&Body=+stop+",
+                true,
+            ),
+            (
+                "MessageSid=SM6&From=%2B15550001111&To=%2B15550002222&Body=Hi&OptOutType=HELP",
+                true,
+            ),
+            (
+                "MessageSid=SM7&From=%2B15550001111&To=%2B15550002222&Body=Please+stop+it",
+                false,
+            ),
+        ] {
+            let headers = signed(path, body);
+            let req = request("sms", path, &headers, body.as_bytes());
+            let Inbound::Messages(m) = c.inbound(&req).unwrap() else {
+                panic!()
+            };
+            assert_eq!(m[0].no_ack_reason.is_some(), silent, "{body}");
+        }
     }
 
     #[test]
