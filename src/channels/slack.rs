@@ -190,10 +190,12 @@ impl SlackChannel {
             ..ThreadHints::default()
         };
         let root = event.thread_ts.clone().unwrap_or_else(|| ts.clone());
+        // Replies carry their root's ts, so only a root needs to be findable.
         if root != ts {
             thread.refers_to.push(self.key(&channel, &root));
+        } else {
+            thread.provides.push(self.key(&channel, &ts));
         }
-        thread.provides.push(self.key(&channel, &ts));
         let attachments = event
             .files
             .unwrap_or_default()
@@ -569,6 +571,7 @@ mod tests {
             m[0].thread.refers_to,
             ["slack/team:D024BE91L:1355517523.000005"]
         );
+        assert!(m[0].thread.provides.is_empty());
         assert_eq!(m[0].reply_context["thread_ts"], "1355517523.000005");
 
         for ignored in [

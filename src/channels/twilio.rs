@@ -276,11 +276,12 @@ impl TwilioChannel {
                 });
             }
         }
-        let mut thread = ThreadHints {
+        // SMS has no reply threading: a customer's texts gather by number
+        // within the follow-up window.
+        let thread = ThreadHints {
             follow_up_window: self.follow_up_window,
             ..ThreadHints::default()
         };
-        thread.provides.push(format!("{}:message:{sid}", self.id));
         Ok(NewMessage {
             channel: self.id.clone(),
             medium: if whatsapp { Medium::Chat } else { Medium::Sms },
