@@ -24,7 +24,8 @@
 //!
 //! Knobs: `PROVIDERS_ROUNDS` (3), `PROVIDERS_SECS` (5),
 //! `PROVIDERS_CONNECTIONS` (64), `PROVIDERS_WARMUP_SECS` (1),
-//! `PROVIDERS_SETTLE_SECS` (60).
+//! `PROVIDERS_SETTLE_SECS` (60), `PROVIDERS_MIX` (`twilio,slack,whatsapp,telegram`:
+//! which providers the mixed target cycles through).
 
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpListener as StdTcpListener};
@@ -76,6 +77,7 @@ fn main() -> anyhow::Result<()> {
             .context("cannot start the switchboard binary")?,
     );
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let daemon_pid = daemon.0.id().to_string();
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(wait_ready(addr, &mut daemon.0))?;
 
@@ -86,7 +88,8 @@ fn main() -> anyhow::Result<()> {
     );
     println!("  generic = POST /webhooks/generic/bench (HMAC-SHA256)");
     println!(
-        "  mixed   = Twilio SMS (HMAC-SHA1 form) → Slack event (v0) → WhatsApp (X-Hub-Signature-256) → Telegram (secret token)"
+        "  mixed   = cycling through {:?} (0 Twilio SMS, HMAC-SHA1 form; 1 Slack event, v0; 2 WhatsApp, X-Hub-Signature-256; 3 Telegram, secret token)",
+        knobs.mix
     );
     let mut accepted = 0u64;
     let run = std::process::id();
@@ -111,6 +114,7 @@ fn main() -> anyhow::Result<()> {
                 println!("  (outbox NOT drained after {:.1} s)", waited.as_secs_f64());
             }
             let acks_before = sink_count.load(Ordering::Relaxed);
+            let cpu_before = (cpu_seconds(&daemon_pid), cpu_seconds("self"));
             let (mut stats, wall) = runtime.block_on(load(
                 addr,
                 &knobs,
@@ -118,6 +122,7 @@ fn main() -> anyhow::Result<()> {
                 knobs.duration,
                 &format!("{run}r{round}"),
             ));
+            let cpu_after = (cpu_seconds(&daemon_pid), cpu_seconds("self"));
             accepted += stats.latencies_us.len() as u64;
             stats.latencies_us.sort_unstable();
             let m = Measurement {
@@ -134,6 +139,12 @@ fn main() -> anyhow::Result<()> {
                 stats.latencies_us.len(),
                 stats.describe_errors(),
                 sink_count.load(Ordering::Relaxed) - acks_before,
+            );
+            let ok = stats.latencies_us.len().max(1) as f64;
+            println!(
+                "                  cpu: daemon {:.0} µs/request, load generator + sink {:.0} µs/request",
+                (cpu_after.0 - cpu_before.0) * 1e6 / ok,
+                (cpu_after.1 - cpu_before.1) * 1e6 / ok,
             );
             pair[target as usize] = Some(m);
         }
@@ -183,6 +194,8 @@ fn main() -> anyhow::Result<()> {
 }
 
 struct Knobs {
+    /// Request kinds of the mixed target (0 Twilio, 1 Slack, 2 WhatsApp, 3 Telegram).
+    mix: Vec<usize>,
     rounds: usize,
     duration: Duration,
     connections: usize,
@@ -201,7 +214,19 @@ impl Knobs {
                 })
                 .unwrap_or(default)
         }
+        let mix_names = var("PROVIDERS_MIX", "twilio,slack,whatsapp,telegram".to_owned());
+        let mix: Vec<usize> = mix_names
+            .split(',')
+            .map(|n| match n.trim() {
+                "twilio" => 0,
+                "slack" => 1,
+                "whatsapp" => 2,
+                "telegram" => 3,
+                other => panic!("PROVIDERS_MIX: unknown provider {other:?}"),
+            })
+            .collect();
         Knobs {
+            mix,
             rounds: var("PROVIDERS_ROUNDS", 3usize).max(1),
             duration: Duration::from_secs_f64(var("PROVIDERS_SECS", 5.0)),
             connections: var("PROVIDERS_CONNECTIONS", 64usize).max(1),
@@ -574,6 +599,7 @@ static NEXT: AtomicU64 = AtomicU64::new(1);
 
 async fn connection(
     addr: SocketAddr,
+    mix: Arc<[usize]>,
     target: Target,
     offset: usize,
     prefix: Arc<str>,
@@ -599,7 +625,7 @@ async fn connection(
         while Instant::now() < deadline {
             let kind = match target {
                 Target::Generic => 4,
-                Target::Mixed => turn % 4,
+                Target::Mixed => mix[turn % mix.len()],
             };
             turn += 1;
             let unique = NEXT.fetch_add(1, Ordering::Relaxed);
@@ -639,14 +665,37 @@ async fn load(
     let prefix: Arc<str> = prefix.into();
     let start = Instant::now();
     let deadline = start + duration;
+    let mix: Arc<[usize]> = knobs.mix.clone().into();
     let tasks: Vec<_> = (0..knobs.connections)
-        .map(|c| tokio::spawn(connection(addr, target, c, prefix.clone(), deadline)))
+        .map(|c| {
+            tokio::spawn(connection(
+                addr,
+                mix.clone(),
+                target,
+                c,
+                prefix.clone(),
+                deadline,
+            ))
+        })
         .collect();
     let mut total = Stats::default();
     for t in tasks {
         total.merge(t.await.expect("a load task panicked"));
     }
     (total, start.elapsed())
+}
+
+/// CPU seconds (user + system) a process used so far, from
+/// `/proc/<pid>/stat`; NaN off Linux.
+fn cpu_seconds(pid: &str) -> f64 {
+    let read = || -> Option<f64> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        let mut fields = stat.rsplit_once(')')?.1.split_whitespace().skip(11);
+        let utime: f64 = fields.next()?.parse().ok()?;
+        let stime: f64 = fields.next()?.parse().ok()?;
+        Some((utime + stime) / 100.0)
+    };
+    read().unwrap_or(f64::NAN)
 }
 
 fn percentile_ms(sorted_us: &[u32], q: f64) -> f64 {
