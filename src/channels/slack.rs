@@ -142,8 +142,8 @@ impl SlackChannel {
     }
 
     fn parse(&self, request: &InboundRequest<'_>) -> Result<Inbound, IntakeError> {
-        let envelope: Envelope = serde_json::from_slice(request.body)
-            .map_err(|e| IntakeError::Malformed(format!("invalid JSON body: {e}")))?;
+        let envelope: Envelope =
+            serde_json::from_slice(request.body).map_err(|e| support::json_error(&e))?;
         match envelope.kind.as_str() {
             "url_verification" => {
                 let challenge = envelope

@@ -242,6 +242,30 @@ pub(crate) fn xml_escape(text: &str) -> String {
     out
 }
 
+/// A 400 reason for a payload that does not parse. serde quotes offending
+/// values (`invalid type: string "…"`), which may be a customer's words;
+/// the reason is logged, so quoted values are elided. Field names (in
+/// backticks) and the position stay.
+pub(crate) fn json_error(e: &serde_json::Error) -> super::IntakeError {
+    let mut text = String::new();
+    let mut quoted = false;
+    for c in e.to_string().chars() {
+        match c {
+            '"' if quoted => {
+                quoted = false;
+                text.push_str("…\"");
+            }
+            '"' => {
+                quoted = true;
+                text.push('"');
+            }
+            _ if quoted => {}
+            c => text.push(c),
+        }
+    }
+    super::IntakeError::Malformed(format!("invalid JSON body: {text}"))
+}
+
 /// A provider id or key taken from a payload: trimmed, non-empty, bounded,
 /// printable.
 pub(crate) fn id_field(name: &str, value: Option<&str>) -> Result<String, super::IntakeError> {
@@ -349,6 +373,26 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(Pacer::new(None).wait().await.is_ok());
+    }
+
+    #[test]
+    fn json_errors_name_fields_but_not_values() {
+        #[derive(Debug, serde::Deserialize)]
+        #[allow(dead_code)]
+        struct T {
+            n: i64,
+        }
+        let e = serde_json::from_str::<T>(r#"{"n": "my card 4111 is blocked"}"#).unwrap_err();
+        let super::super::IntakeError::Malformed(m) = json_error(&e) else {
+            panic!()
+        };
+        assert!(!m.contains("4111"), "{m}");
+        assert!(m.contains("invalid type") && m.contains("line 1"), "{m}");
+        let e = serde_json::from_str::<T>("{}").unwrap_err();
+        let super::super::IntakeError::Malformed(m) = json_error(&e) else {
+            panic!()
+        };
+        assert!(m.contains("missing field `n`"), "{m}");
     }
 
     #[test]

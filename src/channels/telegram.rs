@@ -143,8 +143,8 @@ impl TelegramChannel {
     }
 
     fn parse(&self, request: &InboundRequest<'_>) -> Result<Inbound, IntakeError> {
-        let update: Update = serde_json::from_slice(request.body)
-            .map_err(|e| IntakeError::Malformed(format!("invalid JSON body: {e}")))?;
+        let update: Update =
+            serde_json::from_slice(request.body).map_err(|e| support::json_error(&e))?;
         if let Some(edited) = update.edited_message {
             let Some(text) = edited.text.or(edited.caption) else {
                 return Ok(Inbound::Answer(ok()));

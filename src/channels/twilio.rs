@@ -675,8 +675,8 @@ impl Params {
 
 /// The parameters of a `bodySHA256` (JSON) request: a flat object.
 fn json_params(body: &[u8]) -> Result<Vec<(String, String)>, IntakeError> {
-    let value: serde_json::Value = serde_json::from_slice(body)
-        .map_err(|e| IntakeError::Malformed(format!("invalid JSON body: {e}")))?;
+    let value: serde_json::Value =
+        serde_json::from_slice(body).map_err(|e| support::json_error(&e))?;
     let object = value
         .as_object()
         .ok_or_else(|| IntakeError::Malformed("expected a JSON object".into()))?;

@@ -150,8 +150,8 @@ impl WhatsappChannel {
     }
 
     fn parse(&self, request: &InboundRequest<'_>) -> Result<Inbound, IntakeError> {
-        let payload: Payload = serde_json::from_slice(request.body)
-            .map_err(|e| IntakeError::Malformed(format!("invalid JSON body: {e}")))?;
+        let payload: Payload =
+            serde_json::from_slice(request.body).map_err(|e| support::json_error(&e))?;
         let mut messages = Vec::new();
         let mut statuses = Vec::new();
         for change in payload.entry.iter().flat_map(|e| e.changes.iter()) {
