@@ -1132,6 +1132,52 @@ mod tests {
     }
 
     #[test]
+    fn without_public_url_the_request_host_is_signed() {
+        let cfg = Config {
+            account_sid: Some("AC123".into()),
+            auth_token: Some(TOKEN.into()),
+            ..Config::default()
+        };
+        let c = TwilioChannel::from_config("main", &cfg, Path::new("."), None).unwrap();
+        let path = "/webhooks/twilio/main/sms?tenant=7";
+        let body = "MessageSid=SM1&From=%2B15550001111&To=%2B15550002222&Body=hi";
+        let params: Vec<(String, String)> = form_urlencoded::parse(body.as_bytes())
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .collect();
+        let sign_for = |url: &str| {
+            let mut h = http::HeaderMap::new();
+            h.insert("host", "hooks.example.net".parse().unwrap());
+            h.insert(
+                SIGNATURE_HEADER,
+                twilio_signature(TOKEN, url, &params).parse().unwrap(),
+            );
+            h
+        };
+        let plain = sign_for("http://hooks.example.net/webhooks/twilio/main/sms?tenant=7");
+        assert!(
+            c.inbound(&request("sms", path, &plain, body.as_bytes()))
+                .is_ok()
+        );
+        let mut behind_tls =
+            sign_for("https://hooks.example.net/webhooks/twilio/main/sms?tenant=7");
+        assert!(
+            c.inbound(&request("sms", path, &behind_tls, body.as_bytes()))
+                .is_err()
+        );
+        behind_tls.insert("x-forwarded-proto", "https".parse().unwrap());
+        assert!(
+            c.inbound(&request("sms", path, &behind_tls, body.as_bytes()))
+                .is_ok()
+        );
+        // The query is part of what Twilio signs.
+        let no_query = sign_for("http://hooks.example.net/webhooks/twilio/main/sms");
+        assert!(
+            c.inbound(&request("sms", path, &no_query, body.as_bytes()))
+                .is_err()
+        );
+    }
+
+    #[test]
     fn opt_out_keywords_are_not_acknowledged() {
         let c = channel();
         let path = "/webhooks/twilio/main/sms";
