@@ -537,6 +537,15 @@ async fn slack_events_dedupe_thread_and_answer_in_the_thread() {
         .unwrap();
     assert_eq!(r.status().as_u16(), 401);
     assert_eq!(env.inquiries("slack/team").await.len(), 1);
+    let metrics = env.metrics().await;
+    for kind in ["stale_timestamp", "bad_signature"] {
+        assert!(
+            metrics.contains(&format!(
+                "switchboard_intake_errors_total{{channel=\"slack/team\",kind=\"{kind}\"}} 1"
+            )),
+            "{kind}: {metrics}"
+        );
+    }
 }
 
 #[tokio::test]

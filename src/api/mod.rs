@@ -113,9 +113,8 @@ impl IntoResponse for ApiError {
             ApiError::Intake(IntakeError::UnknownChannel { .. } | IntakeError::NotFound)
             | ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Intake(IntakeError::Forbidden) => StatusCode::FORBIDDEN,
-            ApiError::Intake(IntakeError::BadSignature(_)) | ApiError::Unauthorized(_) => {
-                StatusCode::UNAUTHORIZED
-            }
+            ApiError::Intake(IntakeError::BadSignature(_) | IntakeError::Stale)
+            | ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::Intake(IntakeError::Malformed(_)) | ApiError::BadRequest(_) => {
                 StatusCode::BAD_REQUEST
             }

@@ -37,6 +37,10 @@ pub enum IntakeError {
     UnknownChannel { adapter: &'static str, name: String },
     #[error("signature rejected: {0}")]
     BadSignature(String),
+    /// Signed, but outside the provider's replay window (Slack's 5
+    /// minutes): 401, counted apart from forgeries.
+    #[error("signature rejected: request timestamp outside the allowed window")]
+    Stale,
     #[error("{0}")]
     Malformed(String),
     #[error("body exceeds the limit of {limit} bytes")]
@@ -55,6 +59,7 @@ impl IntakeError {
         match self {
             IntakeError::UnknownChannel { .. } => "unknown_channel",
             IntakeError::BadSignature(_) => "bad_signature",
+            IntakeError::Stale => "stale_timestamp",
             IntakeError::Malformed(_) => "malformed",
             IntakeError::TooLarge { .. } => "too_large",
             IntakeError::Forbidden => "forbidden",

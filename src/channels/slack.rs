@@ -298,9 +298,7 @@ pub fn verify_signature(
         .parse()
         .map_err(|_| IntakeError::BadSignature("invalid signature".into()))?;
     if (now - ts).abs() > MAX_SKEW_SECS {
-        return Err(IntakeError::BadSignature(
-            "request timestamp outside the allowed window".into(),
-        ));
+        return Err(IntakeError::Stale);
     }
     let hex = signature
         .trim()
@@ -424,7 +422,7 @@ mod tests {
         let check = |secret: &str, ts: Option<&str>, sig: Option<&str>, body: &str, now: i64| {
             matches!(
                 verify_signature(secret, ts, sig, body.as_bytes(), now),
-                Err(IntakeError::BadSignature(_))
+                Err(IntakeError::BadSignature(_) | IntakeError::Stale)
             )
         };
         let tampered = DOCS_BODY.replace("roadrunner", "coyote");
@@ -479,6 +477,17 @@ mod tests {
             Some(DOCS_SIG),
             DOCS_BODY,
             DOCS_TS + 300
+        ));
+        // A replay is counted apart from a forgery.
+        assert!(matches!(
+            verify_signature(
+                DOCS_SECRET,
+                Some(&ts),
+                Some(DOCS_SIG),
+                DOCS_BODY.as_bytes(),
+                DOCS_TS + 301
+            ),
+            Err(IntakeError::Stale)
         ));
     }
 
