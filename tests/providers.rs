@@ -21,7 +21,7 @@ struct Env {
     fake: FakeProviders,
     daemon: Daemon,
     client: reqwest::Client,
-    _setup: Setup,
+    setup: Setup,
 }
 
 async fn start() -> Env {
@@ -42,11 +42,20 @@ async fn start() -> Env {
         fake,
         daemon,
         client: http(),
-        _setup: setup,
+        setup,
     }
 }
 
 impl Env {
+    /// Stops the daemon with SIGTERM and starts it again on the same store.
+    /// Blocks its thread: use it from a multi-thread test runtime, so the
+    /// fake providers keep answering the deliveries the daemon drains.
+    fn restart(&mut self) {
+        self.daemon.signal("TERM");
+        assert_eq!(self.daemon.wait_exit(Duration::from_secs(15)), Some(0));
+        self.daemon = self.setup.start();
+    }
+
     async fn detail(&self, reference: &str) -> serde_json::Value {
         let (status, detail) = api_get(
             &self.client,
@@ -781,4 +790,37 @@ async fn one_phone_number_is_one_customer_across_sms_and_whatsapp() {
         }
     }
     assert_eq!(keys, HashSet::from(["tel:+16505551234".to_owned()]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provider_retry_after_a_restart_is_still_a_duplicate() {
+    let mut env = start().await;
+    let wamid = "wamid.RESTART1";
+    let body = wa_message(wamid, "16505550000", "Hello before the restart");
+    assert_eq!(env.whatsapp(&body, WA_APP_SECRET).await, 200);
+    let reference = env.inquiries("whatsapp/biz").await[0]["reference"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    env.detail_when(&reference, "acknowledged").await;
+    env.restart();
+    // Meta did not see our 200 and delivers the notification again.
+    assert_eq!(env.whatsapp(&body, WA_APP_SECRET).await, 200);
+    let update = tg_update(20000, "message", 7, "Hallo");
+    assert_eq!(env.telegram(&update, Some(TG_SECRET)).await, 200);
+    env.restart();
+    assert_eq!(env.telegram(&update, Some(TG_SECRET)).await, 200);
+    env.settle().await;
+    assert_eq!(env.inquiries("whatsapp/biz").await.len(), 1);
+    assert_eq!(env.inquiries("telegram/bot").await.len(), 1);
+    let detail = env.detail(&reference).await;
+    assert_eq!(detail["messages"].as_array().unwrap().len(), 1);
+    assert_eq!(env.fake.seen("whatsapp").len(), 1, "one acknowledgement");
+    let tg = env.inquiries("telegram/bot").await[0]["reference"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    env.detail_when(&tg, "acknowledged").await;
+    env.settle().await;
+    assert_eq!(env.fake.seen("telegram").len(), 1, "one acknowledgement");
 }
