@@ -42,8 +42,9 @@ pub struct RenderError {
     pub message: String,
 }
 
-/// The compiled templates of one configuration.
-#[derive(Debug)]
+/// The compiled templates of one configuration. Cloned by adapters that
+/// render their own texts (the Twilio voice greeting).
+#[derive(Debug, Clone)]
 pub struct AckTemplates {
     env: minijinja::Environment<'static>,
     /// `(name, language)` pairs present.

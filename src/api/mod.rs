@@ -138,9 +138,8 @@ impl IntoResponse for ApiError {
                 StatusCode::FORBIDDEN
             }
             ApiError::Conflict(_) => StatusCode::CONFLICT,
-            ApiError::Intake(IntakeError::BadSignature(_)) | ApiError::Unauthorized(_) => {
-                StatusCode::UNAUTHORIZED
-            }
+            ApiError::Intake(IntakeError::BadSignature(_) | IntakeError::Stale)
+            | ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::Intake(IntakeError::Malformed(_)) | ApiError::BadRequest(_) => {
                 StatusCode::BAD_REQUEST
             }

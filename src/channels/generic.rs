@@ -320,7 +320,7 @@ fn non_empty(s: Option<String>) -> Option<String> {
 
 /// A loose BCP 47 shape check: alphanumeric subtags of 1–8 joined by `-`,
 /// starting with a 2–3 letter language.
-fn is_language_tag(tag: &str) -> bool {
+pub(crate) fn is_language_tag(tag: &str) -> bool {
     let mut parts = tag.split('-');
     let lang_ok = parts
         .next()

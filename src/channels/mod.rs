@@ -5,11 +5,16 @@
 //!
 //! Adding a provider: a file here with its `Config` (serde, documented), a
 //! type implementing [`ChannelAdapter`], its tests beside it; a field in
-//! `config::ChannelsConfig`. The API routes `/webhooks/<adapter>/<name>/…`
+//! `config::ChannelsConfig` (built in `Settings::validate`). The API routes `/webhooks/<adapter>/<name>/…`
 //! to it without further wiring.
 
 pub mod generic;
 pub mod signature;
+pub mod slack;
+pub mod support;
+pub mod telegram;
+pub mod twilio;
+pub mod whatsapp;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -32,6 +37,10 @@ pub enum IntakeError {
     UnknownChannel { adapter: &'static str, name: String },
     #[error("signature rejected: {0}")]
     BadSignature(String),
+    /// Signed, but outside the provider's replay window (Slack's 5
+    /// minutes): 401, counted apart from forgeries.
+    #[error("signature rejected: request timestamp outside the allowed window")]
+    Stale,
     #[error("{0}")]
     Malformed(String),
     #[error("body exceeds the limit of {limit} bytes")]
@@ -50,6 +59,7 @@ impl IntakeError {
         match self {
             IntakeError::UnknownChannel { .. } => "unknown_channel",
             IntakeError::BadSignature(_) => "bad_signature",
+            IntakeError::Stale => "stale_timestamp",
             IntakeError::Malformed(_) => "malformed",
             IntakeError::TooLarge { .. } => "too_large",
             IntakeError::Forbidden => "forbidden",

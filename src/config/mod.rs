@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::channels::{Channels, generic};
+use crate::channels::{ChannelAdapter, Channels, generic, slack, telegram, twilio, whatsapp};
 use crate::routing::{Roster, RoutingConfig};
 use crate::rules::{Catalog, RuleSet};
 use crate::templates::AckTemplates;
@@ -230,6 +230,14 @@ pub const DEFAULT_RULES: &str = "rules.toml";
 pub struct ChannelsConfig {
     #[serde(default)]
     pub generic: BTreeMap<String, generic::Config>,
+    #[serde(default)]
+    pub twilio: BTreeMap<String, twilio::Config>,
+    #[serde(default)]
+    pub slack: BTreeMap<String, slack::Config>,
+    #[serde(default)]
+    pub whatsapp: BTreeMap<String, whatsapp::Config>,
+    #[serde(default)]
+    pub telegram: BTreeMap<String, telegram::Config>,
 }
 
 /// The file as written, before validation.
@@ -291,6 +299,24 @@ impl Settings {
     fn validate(path: &Path, raw: RawSettings) -> Result<Settings, ConfigError> {
         let base = path.parent().unwrap_or(Path::new(".")).to_path_buf();
         let mut problems = Vec::new();
+        // Templates before channels: the Twilio voice greeting renders from them.
+        let template_dir = base.join(&raw.templates.path);
+        let templates = match AckTemplates::load(&template_dir, &raw.templates.default_language) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                problems.push(Problem {
+                    file: e.file.unwrap_or_else(|| path.to_path_buf()),
+                    key: if e.in_template {
+                        String::new()
+                    } else {
+                        "templates.path".into()
+                    },
+                    message: e.message,
+                });
+                None
+            }
+        };
+
         let mut problem = |key: &str, message: String| {
             problems.push(Problem {
                 file: path.to_path_buf(),
@@ -336,20 +362,44 @@ impl Settings {
         });
 
         let mut channels = Channels::default();
-        for (name, cfg) in &raw.channels.generic {
-            if let Err(msg) = check_channel_name(name) {
-                problem(&format!("channels.generic.{name}"), msg);
-                continue;
-            }
-            match generic::GenericChannel::from_config(name, cfg, &base) {
-                Ok(c) => channels.insert(Arc::new(c)),
-                Err(list) => {
-                    for (key, msg) in list {
-                        problem(&format!("channels.generic.{name}.{key}"), msg);
-                    }
-                }
-            }
-        }
+        let c = &raw.channels;
+        build_channels(
+            "generic",
+            &c.generic,
+            &mut channels,
+            &mut problem,
+            |name, cfg| generic::GenericChannel::from_config(name, cfg, &base).map(arc),
+        );
+        build_channels(
+            "twilio",
+            &c.twilio,
+            &mut channels,
+            &mut problem,
+            |name, cfg| {
+                twilio::TwilioChannel::from_config(name, cfg, &base, templates.as_ref()).map(arc)
+            },
+        );
+        build_channels(
+            "slack",
+            &c.slack,
+            &mut channels,
+            &mut problem,
+            |name, cfg| slack::SlackChannel::from_config(name, cfg, &base).map(arc),
+        );
+        build_channels(
+            "whatsapp",
+            &c.whatsapp,
+            &mut channels,
+            &mut problem,
+            |name, cfg| whatsapp::WhatsappChannel::from_config(name, cfg, &base).map(arc),
+        );
+        build_channels(
+            "telegram",
+            &c.telegram,
+            &mut channels,
+            &mut problem,
+            |name, cfg| telegram::TelegramChannel::from_config(name, cfg, &base).map(arc),
+        );
 
         let roster = load_roster(&base, &raw.roster, &mut problems);
         let rules_path = base.join(
@@ -371,23 +421,6 @@ impl Settings {
                 message: "must be at least 1".into(),
             });
         }
-
-        let template_dir = base.join(&raw.templates.path);
-        let templates = match AckTemplates::load(&template_dir, &raw.templates.default_language) {
-            Ok(t) => Some(t),
-            Err(e) => {
-                problems.push(Problem {
-                    file: e.file.unwrap_or_else(|| path.to_path_buf()),
-                    key: if e.in_template {
-                        String::new()
-                    } else {
-                        "templates.path".into()
-                    },
-                    message: e.message,
-                });
-                None
-            }
-        };
 
         // Rules refer to templates, so they are checked once those loaded.
         let rules = templates.as_ref().and_then(|templates| {
@@ -471,6 +504,35 @@ fn load_roster(base: &Path, config: &RosterConfig, problems: &mut Vec<Problem>) 
                 message: p.message,
             }));
             Roster::default()
+        }
+    }
+}
+
+fn arc<C: ChannelAdapter + 'static>(channel: C) -> Arc<dyn ChannelAdapter> {
+    Arc::new(channel)
+}
+
+/// Validates and builds every instance of one adapter kind, reporting
+/// problems under `channels.<kind>.<name>.<key>`.
+fn build_channels<C>(
+    kind: &str,
+    table: &BTreeMap<String, C>,
+    channels: &mut Channels,
+    problem: &mut impl FnMut(&str, String),
+    build: impl Fn(&str, &C) -> Result<Arc<dyn ChannelAdapter>, Vec<(String, String)>>,
+) {
+    for (name, cfg) in table {
+        if let Err(msg) = check_channel_name(name) {
+            problem(&format!("channels.{kind}.{name}"), msg);
+            continue;
+        }
+        match build(name, cfg) {
+            Ok(c) => channels.insert(c),
+            Err(list) => {
+                for (key, msg) in list {
+                    problem(&format!("channels.{kind}.{name}.{key}"), msg);
+                }
+            }
         }
     }
 }
@@ -629,6 +691,63 @@ mod tests {
         assert!(
             text.contains("rules.toml: rule `x`: `ack`: unknown template `nope`"),
             "{text}"
+        );
+    }
+
+    #[test]
+    fn provider_tables_build_and_report_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write_config(
+            dir.path(),
+            r#"
+            [channels.twilio.main]
+            account_sid = "AC1"
+            auth_token = "t"
+            [channels.slack.team]
+            signing_secret = "s"
+            [channels.whatsapp.biz]
+            verify_token = "v"
+            app_secret = "a"
+            phone_number_id = "123"
+            [channels.telegram.bot]
+            secret_token = "tok"
+            follow_up_window = "10m"
+            "#,
+        );
+        let s = Settings::load(&path).unwrap();
+        let ids: Vec<_> = s.channels.ids().iter().map(|c| c.to_string()).collect();
+        assert_eq!(
+            ids,
+            ["twilio/main", "slack/team", "whatsapp/biz", "telegram/bot"]
+        );
+        let path = write_config(
+            dir.path(),
+            r#"
+            [channels.twilio.main]
+            auth_token = "t"
+            [channels.slack.team]
+            bot_token = "x"
+            [channels.whatsapp.biz]
+            verify_token = "v"
+            app_secret = "a"
+            phone_number_id = "123"
+            token = "typo"
+            "#,
+        );
+        let err = Settings::load(&path).unwrap_err().to_string();
+        assert!(err.contains("token"), "{err}");
+        let path = write_config(
+            dir.path(),
+            "[channels.twilio.main]\nauth_token = \"t\"\n[channels.slack.team]\nbot_token = \"x\"\n",
+        );
+        let err = Settings::load(&path).unwrap_err();
+        let keys: Vec<_> = err.problems.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "channels.twilio.main.account_sid",
+                "channels.slack.team.signing_secret"
+            ]
         );
     }
 

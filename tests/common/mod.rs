@@ -3,6 +3,8 @@
 //! the reply endpoint that receives acknowledgements.
 #![allow(dead_code)]
 
+pub mod providers;
+
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
