@@ -104,7 +104,6 @@ fn typical(id: i64, rng: &mut fastrand::Rng, now: i64) -> NewWork {
     }
     NewWork {
         id,
-        reference: format!("INQ-{id}"),
         medium: Medium::Generic,
         urgency: [
             Urgency::Critical,
@@ -114,12 +113,14 @@ fn typical(id: i64, rng: &mut fastrand::Rng, now: i64) -> NewWork {
         ][rng.usize(0..4)],
         customer_key: Some(format!("email:c{}@example.org", rng.usize(0..50_000))),
         requirements: Requirements {
-            skills,
-            language: rng.bool().then(|| ["de", "en"][rng.usize(0..2)].to_owned()),
-            queue: rng.bool().then(|| format!("team{}", rng.usize(0..TEAMS))),
-            relaxation: ladder(),
-            rules: vec!["topic".into()],
-            tags: Vec::new(),
+            skills: skills.into_iter().collect(),
+            language: rng.bool().then(|| ["de", "en"][rng.usize(0..2)].into()),
+            queue: rng
+                .bool()
+                .then(|| format!("team{}", rng.usize(0..TEAMS)).into()),
+            relaxation: ladder().into(),
+            rules: vec!["topic".into()].into(),
+            tags: Vec::new().into(),
         },
         sla_due: Some(now + 3_600_000),
         waiting_since: now,
@@ -129,11 +130,8 @@ fn typical(id: i64, rng: &mut fastrand::Rng, now: i64) -> NewWork {
 /// Work almost nobody qualifies for: it waits.
 fn rare(id: i64, rng: &mut fastrand::Rng, now: i64) -> NewWork {
     let mut w = typical(id, rng, now);
-    w.requirements.skills.clear();
-    for _ in 0..3 {
-        w.requirements.skills.insert(skill(rng.usize(0..SKILLS)), 5);
-    }
-    w.requirements.queue = Some(format!("team{}", rng.usize(0..TEAMS)));
+    w.requirements.skills = (0..3).map(|_| (skill(rng.usize(0..SKILLS)), 5)).collect();
+    w.requirements.queue = Some(format!("team{}", rng.usize(0..TEAMS)).into());
     w
 }
 

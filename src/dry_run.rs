@@ -92,7 +92,6 @@ pub fn dry_run(
     let engine = Engine::new(config, settings.roster.clone(), snapshot, now);
     let work = NewWork {
         id: 0,
-        reference: "(dry run)".into(),
         medium: message.medium,
         urgency: classified.urgency,
         customer_key: message.customer_key.clone(),

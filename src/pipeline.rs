@@ -62,7 +62,6 @@ impl Pipeline {
         {
             router.add(NewWork {
                 id: outcome.inquiry_id,
-                reference: outcome.inquiry.0.clone(),
                 medium,
                 urgency: c.urgency,
                 customer_key,
@@ -146,12 +145,16 @@ pub fn classify(settings: &Settings, message: &NewMessage) -> (AckPlan, Classifi
     let classified = Classified {
         urgency: verdict.urgency,
         requirements: Requirements {
-            skills: verdict.skills,
-            language: verdict.language,
-            queue: verdict.queue,
-            relaxation: verdict.relaxation,
-            rules: verdict.trace.iter().map(|m| m.rule.clone()).collect(),
-            tags: verdict.tags,
+            skills: verdict.skills.iter().map(|(s, l)| (s, *l)).collect(),
+            language: verdict.language.as_deref().map(Arc::from),
+            queue: verdict.queue.as_deref().map(Arc::from),
+            relaxation: verdict.relaxation.into(),
+            rules: verdict
+                .trace
+                .iter()
+                .map(|m| Arc::from(m.rule.as_str()))
+                .collect(),
+            tags: verdict.tags.iter().map(|t| Arc::from(t.as_str())).collect(),
         },
         sla_due_at: verdict
             .sla

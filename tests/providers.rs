@@ -239,7 +239,7 @@ async fn twilio_sms_retried_concurrently_is_one_inquiry_and_one_sms() {
     let detail = env.detail_when(&reference, "acknowledged").await;
     assert_eq!(detail["messages"].as_array().unwrap().len(), 1);
     assert_eq!(
-        event_kinds(&detail),
+        ack_event_kinds(&detail),
         [
             "received",
             "ack_queued",
@@ -498,7 +498,7 @@ async fn slack_events_dedupe_thread_and_answer_in_the_thread() {
     let detail = env.detail_when(&reference, "acknowledged").await;
     assert_eq!(detail["messages"].as_array().unwrap().len(), 2);
     // The reply may land before or after the throttled first attempt.
-    let kinds = event_kinds(&detail);
+    let kinds = ack_event_kinds(&detail);
     assert_eq!(kinds[..2], ["received", "ack_queued"], "{kinds:?}");
     let count = |k: &str| kinds.iter().filter(|x| *x == k).count();
     assert_eq!(
@@ -753,7 +753,7 @@ async fn telegram_dedupes_updates_applies_edits_and_replies_to_the_message() {
             s.body
         );
     }
-    let kinds = event_kinds(&detail);
+    let kinds = ack_event_kinds(&detail);
     assert!(kinds.contains(&"message_edited".to_owned()), "{kinds:?}");
 }
 

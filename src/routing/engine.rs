@@ -8,7 +8,7 @@
 //! Offers reserve capacity, so accepting never exceeds it, and an inquiry
 //! has at most one open offer at a time.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
@@ -17,7 +17,7 @@ use serde_json::{Value, json};
 use super::bitset::Bitset;
 use super::roster::{MEDIA, Roster, medium_index};
 use super::{Presence, Requirements, RoutingConfig};
-use crate::inquiry::{Medium, Status, Urgency};
+use crate::inquiry::{Medium, Reference, Status, Urgency};
 
 /// Why a command was refused. The API maps each to one status code.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -110,7 +110,6 @@ pub enum Effect {
 #[derive(Debug, Clone)]
 pub struct NewWork {
     pub id: i64,
-    pub reference: String,
     pub medium: Medium,
     pub urgency: Urgency,
     pub customer_key: Option<String>,
@@ -163,8 +162,8 @@ struct Work {
     new: NewWork,
     state: State,
     /// Declined, timed out, or handed back: not offered again.
-    passed: HashSet<String>,
-    expired: HashSet<String>,
+    passed: Names,
+    expired: Names,
     responded: bool,
     sla_breached: bool,
     /// Index of the last relaxation step recorded as taken effect.
@@ -180,6 +179,27 @@ struct Person {
 }
 
 type QueueKey = (Urgency, i64, i64, i64);
+
+/// A short list of associate ids (who passed on an inquiry): a vector,
+/// since it is nearly always empty and an empty one costs no allocation.
+#[derive(Debug, Clone, Default)]
+struct Names(Vec<String>);
+
+impl Names {
+    fn insert(&mut self, id: String) {
+        if !self.contains(&id) {
+            self.0.push(id);
+        }
+    }
+
+    fn contains(&self, id: &str) -> bool {
+        self.0.iter().any(|n| n == id)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
 
 /// Timers fired per [`Engine::tick`].
 pub const MAX_TIMERS_PER_TICK: usize = 256;
@@ -248,6 +268,7 @@ pub struct Engine {
     /// Presence of associates not (or no longer) in the roster, kept so a
     /// roster change that brings them back restores it.
     presence_by_id: HashMap<String, (Presence, i64)>,
+    interner: super::Interner,
 }
 
 impl Engine {
@@ -270,6 +291,7 @@ impl Engine {
             sticky: HashMap::new(),
             next_offer_id: snapshot.max_offer_id + 1,
             presence_by_id: HashMap::new(),
+            interner: super::Interner::default(),
         };
         for (id, presence, _, idle) in snapshot.presence {
             engine
@@ -279,11 +301,12 @@ impl Engine {
         for (customer, associate, at) in snapshot.sticky {
             engine.sticky.insert(customer, (associate, at));
         }
-        for r in snapshot.works {
+        for mut r in snapshot.works {
+            engine.interner.requirements(&mut r.work.requirements);
             let mut work = Work {
                 state: State::Waiting,
-                passed: r.declined.iter().chain(&r.expired).cloned().collect(),
-                expired: r.expired.into_iter().collect(),
+                passed: Names(r.declined.iter().chain(&r.expired).cloned().collect()),
+                expired: Names(r.expired),
                 responded: r.responded,
                 sla_breached: r.sla_breached,
                 relaxed: 0,
@@ -452,17 +475,18 @@ impl Engine {
     // ----- commands -------------------------------------------------------
 
     /// Routes a newly committed inquiry.
-    pub fn add(&mut self, new: NewWork, now: i64) -> Vec<Effect> {
+    pub fn add(&mut self, mut new: NewWork, now: i64) -> Vec<Effect> {
         let mut effects = Vec::new();
         if self.works.contains_key(&new.id) {
             return effects;
         }
+        self.interner.requirements(&mut new.requirements);
         let id = new.id;
         let work = Work {
             new,
             state: State::Waiting,
-            passed: HashSet::new(),
-            expired: HashSet::new(),
+            passed: Names::default(),
+            expired: Names::default(),
             responded: false,
             sla_breached: false,
             relaxed: 0,
@@ -730,8 +754,8 @@ impl Engine {
         let work = Work {
             new: new.clone(),
             state: State::Waiting,
-            passed: HashSet::new(),
-            expired: HashSet::new(),
+            passed: Names::default(),
+            expired: Names::default(),
             responded: false,
             sla_breached: false,
             relaxed: 0,
@@ -745,8 +769,8 @@ impl Engine {
         let work = Work {
             new: new.clone(),
             state: State::Waiting,
-            passed: HashSet::new(),
-            expired: HashSet::new(),
+            passed: Names::default(),
+            expired: Names::default(),
             responded: false,
             sla_breached: false,
             relaxed: 0,
@@ -774,7 +798,7 @@ impl Engine {
             .map(|w| {
                 let eff = self.effective(w, now);
                 json!({
-                    "inquiry": w.new.reference,
+                    "inquiry": Reference::from_id(w.new.id),
                     "urgency": w.new.urgency,
                     "medium": w.new.medium,
                     "waiting_secs": (now - w.new.waiting_since).max(0) / 1000,
@@ -822,7 +846,9 @@ impl Engine {
                     associate,
                     expires_at,
                     ..
-                } if associate == who => Some((w.new.reference.clone(), w.new.id, *expires_at)),
+                } if associate == who => {
+                    Some((Reference::from_id(w.new.id).0, w.new.id, *expires_at))
+                }
                 _ => None,
             })
             .collect();
@@ -837,7 +863,7 @@ impl Engine {
             .values()
             .filter_map(|w| match &w.state {
                 State::Assigned { associate } if associate == who => {
-                    Some((w.new.reference.clone(), w.new.id))
+                    Some((Reference::from_id(w.new.id).0, w.new.id))
                 }
                 _ => None,
             })
@@ -1203,9 +1229,9 @@ impl Engine {
     fn effective(&self, work: &Work, now: i64) -> Effective {
         let req = &work.new.requirements;
         let mut eff = Effective {
-            skills: req.skills.clone(),
-            language: req.language.clone(),
-            queue: req.queue.clone(),
+            skills: req.skills.to_map(),
+            language: req.language.as_deref().map(str::to_owned),
+            queue: req.queue.as_deref().map(str::to_owned),
             step: None,
             steps_taken: 0,
         };
@@ -1252,14 +1278,14 @@ impl Engine {
             return false;
         }
         if let Some(q) = &req.queue
-            && a.team.as_ref() != Some(q)
+            && a.team.as_deref() != Some(&**q)
         {
             return false;
         }
         let step = self.reached(work, now).map(|(_, s)| s);
         if !step.is_some_and(|s| s.drop_skills) {
             let lower = step.map_or(0, |s| s.lower_skill_levels);
-            for (skill, &min) in &req.skills {
+            for (skill, min) in req.skills.iter() {
                 let need = min.saturating_sub(lower).max(1);
                 if self.level(i, skill) < need {
                     return false;
@@ -1268,7 +1294,7 @@ impl Engine {
         }
         if !step.is_some_and(|s| s.drop_language)
             && let Some(lang) = &req.language
-            && !a.languages.iter().any(|l| l == lang)
+            && !a.languages.iter().any(|l| **l == **lang)
         {
             return false;
         }
@@ -1603,12 +1629,11 @@ mod tests {
     fn work(id: i64, skills: &[(&str, u8)], medium: Medium) -> NewWork {
         NewWork {
             id,
-            reference: format!("INQ-{id}"),
             medium,
             urgency: Urgency::Normal,
             customer_key: None,
             requirements: Requirements {
-                skills: skills.iter().map(|(s, l)| (s.to_string(), *l)).collect(),
+                skills: skills.iter().map(|(s, l)| (*s, *l)).collect(),
                 ..Requirements::default()
             },
             sla_due: None,
@@ -1765,7 +1790,7 @@ mod tests {
         let mut e = engine(vec![person("anna", &[("billing", 2)], &["en"], 2)]);
         let mut w = work(1, &[("billing", 3)], Medium::Chat);
         w.requirements.language = Some("de".into());
-        w.requirements.relaxation = vec![
+        w.requirements.relaxation = Arc::from(vec![
             RelaxStep {
                 name: "any language".into(),
                 after: Duration::from_secs(300),
@@ -1781,7 +1806,7 @@ mod tests {
                 lower_skill_levels: 1,
                 drop_skills: false,
             },
-        ];
+        ]);
         assert!(offered_to(&e.add(w, 0)).is_empty());
         assert_eq!(e.next_deadline(), Some(5 * MIN));
         let fx = e.tick(5 * MIN);
@@ -1834,7 +1859,7 @@ mod tests {
         ));
         e.transfer(1, Some("anna"), Some("ben"), Some("needs a colleague"), 3)
             .unwrap();
-        assert_eq!(e.assignments_of("ben"), vec![("INQ-1".into(), 1)]);
+        assert_eq!(e.assignments_of("ben"), vec![(Reference::from_id(1).0, 1)]);
         // Those who handed it on are not offered it again.
         let fx = e.transfer(1, Some("ben"), None, None, 4).unwrap();
         assert_eq!(offered_to(&fx), vec![(1, "cem".into())]);

@@ -14,6 +14,7 @@ pub mod roster;
 pub mod service;
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -154,19 +155,127 @@ impl Presence {
 
 /// What an inquiry needs, as the rules decided it. Stored with the inquiry
 /// so a restart routes it the same way.
+///
+/// Compact on purpose: the router holds one per open inquiry, and the
+/// shared parts (names, ladders, rule lists) are interned by the engine.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Requirements {
     /// Skill → minimum level (1..=5).
-    pub skills: BTreeMap<String, u8>,
+    pub skills: Skills,
     /// Preferred language; only associates speaking it qualify until a
     /// relaxation step drops it.
-    pub language: Option<String>,
+    pub language: Option<Arc<str>>,
     /// Team (queue) whose members qualify; `None` for anyone.
-    pub queue: Option<String>,
+    pub queue: Option<Arc<str>>,
     /// Steps that widen the requirement while the inquiry waits.
-    pub relaxation: Vec<RelaxStep>,
+    pub relaxation: Arc<[RelaxStep]>,
     /// Names of the rules that matched, for explanations.
-    pub rules: Vec<String>,
-    pub tags: Vec<String>,
+    pub rules: Arc<[Arc<str>]>,
+    pub tags: Arc<[Arc<str>]>,
+}
+
+/// Required skills with their minimum levels, sorted by name; written as
+/// a JSON object (`{"billing": 3}`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Skills(Vec<(Arc<str>, u8)>);
+
+impl Skills {
+    pub fn iter(&self) -> impl Iterator<Item = (&Arc<str>, u8)> + '_ {
+        self.0.iter().map(|(s, l)| (s, *l))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn get(&self, skill: &str) -> Option<u8> {
+        self.0.iter().find(|(s, _)| &**s == skill).map(|(_, l)| *l)
+    }
+
+    /// As a map, for explanations and relaxation.
+    pub fn to_map(&self) -> BTreeMap<String, u8> {
+        self.0.iter().map(|(s, l)| (s.to_string(), *l)).collect()
+    }
+
+    fn names_mut(&mut self) -> impl Iterator<Item = &mut Arc<str>> {
+        self.0.iter_mut().map(|(s, _)| s)
+    }
+}
+
+impl<S: AsRef<str>> FromIterator<(S, u8)> for Skills {
+    fn from_iter<I: IntoIterator<Item = (S, u8)>>(iter: I) -> Self {
+        let map: BTreeMap<String, u8> = iter
+            .into_iter()
+            .map(|(s, l)| (s.as_ref().to_owned(), l))
+            .collect();
+        Skills(map.into_iter().map(|(s, l)| (Arc::from(s), l)).collect())
+    }
+}
+
+impl Serialize for Skills {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_map(self.0.iter().map(|(s, l)| (&**s, l)))
+    }
+}
+
+impl<'de> Deserialize<'de> for Skills {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let map = BTreeMap::<String, u8>::deserialize(deserializer)?;
+        Ok(map.into_iter().collect())
+    }
+}
+
+/// Shares equal strings, ladders and name lists among open inquiries.
+#[derive(Debug, Default)]
+pub(crate) struct Interner {
+    strings: std::collections::HashSet<Arc<str>>,
+    ladders: std::collections::HashSet<Arc<[RelaxStep]>>,
+    lists: std::collections::HashSet<Arc<[Arc<str>]>>,
+}
+
+impl Interner {
+    fn string(&mut self, s: &mut Arc<str>) {
+        match self.strings.get(s) {
+            Some(shared) => *s = shared.clone(),
+            None => {
+                self.strings.insert(s.clone());
+            }
+        }
+    }
+
+    fn list(&mut self, list: &mut Arc<[Arc<str>]>) {
+        if let Some(shared) = self.lists.get(list) {
+            *list = shared.clone();
+            return;
+        }
+        let mut owned: Vec<Arc<str>> = list.to_vec();
+        for s in &mut owned {
+            self.string(s);
+        }
+        *list = owned.into();
+        self.lists.insert(list.clone());
+    }
+
+    pub(crate) fn requirements(&mut self, r: &mut Requirements) {
+        for s in r.skills.names_mut() {
+            self.string(s);
+        }
+        r.skills.0.shrink_to_fit();
+        for s in r.language.iter_mut().chain(r.queue.iter_mut()) {
+            self.string(s);
+        }
+        match self.ladders.get(&r.relaxation) {
+            Some(shared) => r.relaxation = shared.clone(),
+            None => {
+                self.ladders.insert(r.relaxation.clone());
+            }
+        }
+        self.list(&mut r.rules);
+        self.list(&mut r.tags);
+    }
 }

@@ -92,7 +92,7 @@ pub struct Facts<'a> {
 /// are stored accumulated: each step holds everything in force from its
 /// `after` on (a language dropped at 5 minutes stays dropped at 30), so
 /// the router applies only the latest step reached.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct RelaxStep {
     pub name: String,
     #[serde(with = "humantime_serde")]

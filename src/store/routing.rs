@@ -144,7 +144,6 @@ pub(super) async fn snapshot(
         snapshot.works.push(RestoredWork {
             work: NewWork {
                 id,
-                reference: r.get(1),
                 medium,
                 urgency,
                 customer_key: r.get(4),
