@@ -11,7 +11,10 @@ use arc_swap::ArcSwap;
 
 use crate::config::Settings;
 use crate::inquiry::NewMessage;
-use crate::store::{AckPlan, Intake, IntakeOutcome, Store, StoreError};
+use crate::store::{
+    AckPlan, Intake, IntakeOutcome, MailBatch, MailCheckpoint, MailItem, Quarantined, Store,
+    StoreError,
+};
 use crate::templates::DEFAULT_ACK;
 
 #[derive(Debug, Clone)]
@@ -31,17 +34,7 @@ impl Pipeline {
         let channel = message.channel.to_string();
         let ack = self.ack_plan(&message);
         let outcome = self.store.intake(Intake { message, ack }).await?;
-        if outcome.duplicate {
-            metrics::counter!("switchboard_intake_duplicates_total", "channel" => channel.clone())
-                .increment(1);
-        } else {
-            metrics::counter!("switchboard_messages_received_total", "channel" => channel.clone())
-                .increment(1);
-            if outcome.opened {
-                metrics::counter!("switchboard_inquiries_received_total", "channel" => channel.clone())
-                    .increment(1);
-            }
-        }
+        count(&channel, &outcome);
         tracing::debug!(
             channel,
             inquiry = %outcome.inquiry,
@@ -52,6 +45,46 @@ impl Pipeline {
         Ok(outcome)
     }
 
+    /// Commits mail taken from one mailbox together with the mailbox's
+    /// checkpoint (one transaction): the IMAP channel flags or moves the
+    /// mail only after this returns `Ok`. Each message gets the same
+    /// acknowledgement planning as [`Pipeline::accept`].
+    pub async fn accept_mail_batch(
+        &self,
+        channel: &str,
+        mailbox: &str,
+        checkpoint: MailCheckpoint,
+        messages: Vec<(NewMessage, Option<Vec<u8>>)>,
+        quarantine: Vec<Quarantined>,
+    ) -> Result<Vec<IntakeOutcome>, StoreError> {
+        let items = messages
+            .into_iter()
+            .map(|(message, raw)| MailItem {
+                intake: Intake {
+                    ack: self.ack_plan(&message),
+                    message,
+                },
+                raw,
+            })
+            .collect();
+        let outcomes = self
+            .store
+            .mail_batch(MailBatch {
+                channel: channel.to_owned(),
+                mailbox: mailbox.to_owned(),
+                checkpoint,
+                items,
+                quarantine,
+            })
+            .await?;
+        for outcome in &outcomes {
+            count(channel, outcome);
+        }
+        Ok(outcomes)
+    }
+
+    /// The acknowledgement decision for one message: the one place rules
+    /// will plug into.
     fn ack_plan(&self, message: &NewMessage) -> AckPlan {
         if let Some(reason) = &message.no_ack_reason {
             return AckPlan::Skip {
@@ -69,6 +102,23 @@ impl Pipeline {
             language: settings
                 .templates
                 .resolve_language(DEFAULT_ACK, message.language.as_deref()),
+        }
+    }
+}
+
+fn count(channel: &str, outcome: &IntakeOutcome) {
+    let channel = channel.to_owned();
+    {
+        if outcome.duplicate {
+            metrics::counter!("switchboard_intake_duplicates_total", "channel" => channel.clone())
+                .increment(1);
+        } else {
+            metrics::counter!("switchboard_messages_received_total", "channel" => channel.clone())
+                .increment(1);
+            if outcome.opened {
+                metrics::counter!("switchboard_inquiries_received_total", "channel" => channel.clone())
+                    .increment(1);
+            }
         }
     }
 }

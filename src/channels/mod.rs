@@ -9,7 +9,9 @@
 //! to it without further wiring.
 
 pub mod generic;
+pub mod imap;
 pub mod signature;
+pub mod smtp;
 
 use std::collections::BTreeMap;
 use std::fmt;

@@ -22,7 +22,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::channels::{Channels, generic};
+use crate::channels::smtp::{SmtpConfig, SmtpSender};
+use crate::channels::{Channels, generic, imap};
 use crate::templates::AckTemplates;
 use secret::{Secret, SecretSource};
 
@@ -199,6 +200,8 @@ impl Default for OutboxConfig {
 pub struct ChannelsConfig {
     #[serde(default)]
     pub generic: BTreeMap<String, generic::Config>,
+    #[serde(default)]
+    pub imap: BTreeMap<String, imap::Config>,
 }
 
 /// The file as written, before validation.
@@ -219,6 +222,9 @@ pub struct RawSettings {
     pub outbox: OutboxConfig,
     #[serde(default)]
     pub channels: ChannelsConfig,
+    /// Outgoing mail (email acknowledgements, notifications).
+    #[serde(default)]
+    pub smtp: Option<SmtpConfig>,
 }
 
 /// Validated settings, with secrets resolved, channels built and templates
@@ -234,6 +240,10 @@ pub struct Settings {
     pub outbox: OutboxConfig,
     pub templates: AckTemplates,
     pub channels: Channels,
+    /// The shared SMTP sender, when `[smtp]` is configured.
+    pub smtp: Option<Arc<SmtpSender>>,
+    /// IMAP channels by name, for the daemon's mailbox tasks.
+    pub imap: BTreeMap<String, Arc<imap::ImapChannel>>,
 }
 
 impl Settings {
@@ -306,6 +316,38 @@ impl Settings {
             }
         }
 
+        let smtp = match &raw.smtp {
+            None => None,
+            Some(cfg) => match SmtpSender::from_config(cfg, &base) {
+                Ok(s) => Some(Arc::new(s)),
+                Err(list) => {
+                    for (key, msg) in list {
+                        problem(&format!("smtp.{key}"), msg);
+                    }
+                    None
+                }
+            },
+        };
+        let mut imap_channels = BTreeMap::new();
+        for (name, cfg) in &raw.channels.imap {
+            if let Err(msg) = check_channel_name(name) {
+                problem(&format!("channels.imap.{name}"), msg);
+                continue;
+            }
+            match imap::ImapChannel::from_config(name, cfg, smtp.clone(), &base) {
+                Ok(c) => {
+                    let c = Arc::new(c);
+                    channels.insert(c.clone());
+                    imap_channels.insert(name.clone(), c);
+                }
+                Err(list) => {
+                    for (key, msg) in list {
+                        problem(&format!("channels.imap.{name}.{key}"), msg);
+                    }
+                }
+            }
+        }
+
         let template_dir = base.join(&raw.templates.path);
         let templates = match AckTemplates::load(&template_dir, &raw.templates.default_language) {
             Ok(t) => Some(t),
@@ -333,6 +375,8 @@ impl Settings {
                 outbox: raw.outbox,
                 templates,
                 channels,
+                smtp,
+                imap: imap_channels,
             }),
             _ => Err(ConfigError { problems }),
         }

@@ -78,6 +78,45 @@ pub struct Intake {
     pub ack: AckPlan,
 }
 
+/// Mail taken from one IMAP mailbox, committed in one transaction with the
+/// mailbox's checkpoint: after a crash either all of it and the checkpoint
+/// are in the store, or none of it, and the next pass fetches it again.
+#[derive(Debug, Clone)]
+pub struct MailBatch {
+    /// `imap/<name>`.
+    pub channel: String,
+    pub mailbox: String,
+    /// The checkpoint this batch moves the mailbox to.
+    pub checkpoint: MailCheckpoint,
+    pub items: Vec<MailItem>,
+    pub quarantine: Vec<Quarantined>,
+}
+
+/// One parsed mail of a [`MailBatch`].
+#[derive(Debug, Clone)]
+pub struct MailItem {
+    pub intake: Intake,
+    /// The raw message, kept when within the channel's limit.
+    pub raw: Option<Vec<u8>>,
+}
+
+/// Where intake of a mailbox stands: every UID up to `last_uid` under
+/// `uidvalidity` has been committed (taken or quarantined).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MailCheckpoint {
+    pub uidvalidity: u32,
+    pub last_uid: u32,
+}
+
+/// A mail that could not be parsed: kept aside, reported, and skipped.
+#[derive(Debug, Clone)]
+pub struct Quarantined {
+    pub uid: u32,
+    pub reason: String,
+    pub size: u64,
+    pub raw: Option<Vec<u8>>,
+}
+
 /// The result of one delivery attempt of an outbox entry.
 #[derive(Debug, Clone)]
 pub enum DeliveryResult {
@@ -170,6 +209,28 @@ impl Store {
         self.submit(writer::Job::Intake(Box::new(intake), tx))
             .await?;
         rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Commits a batch of mail with its mailbox checkpoint (durably); one
+    /// outcome per item, in order.
+    pub async fn mail_batch(&self, batch: MailBatch) -> Result<Vec<IntakeOutcome>, StoreError> {
+        let (tx, rx) = oneshot::channel();
+        self.submit(writer::Job::Mail(Box::new(batch), tx)).await?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// The committed checkpoint of `mailbox` on `channel`, if any.
+    pub async fn mail_checkpoint(
+        &self,
+        channel: &str,
+        mailbox: &str,
+    ) -> Result<Option<MailCheckpoint>, StoreError> {
+        reads::mail_checkpoint(&self.pool, channel, mailbox).await
+    }
+
+    /// Quarantined mail of `channel`, newest first: (mailbox, uid, reason).
+    pub async fn quarantine_count(&self, channel: &str) -> Result<i64, StoreError> {
+        reads::quarantine_count(&self.pool, channel).await
     }
 
     /// Records a delivery attempt, with its event, and releases the entry.
