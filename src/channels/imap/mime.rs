@@ -62,8 +62,12 @@ pub fn normalize(raw: &[u8], ctx: &Context<'_>) -> Result<NewMessage, Unparseabl
     let message = MessageParser::default()
         .parse(raw)
         .ok_or_else(|| Unparseable("not a mail message (no headers could be parsed)".into()))?;
-    if message.headers().is_empty() {
-        return Err(Unparseable("not a mail message (no headers)".into()));
+    let valid_field =
+        |name: &str| !name.is_empty() && name.bytes().all(|b| (33..=126).contains(&b) && b != b':');
+    if !message.headers().iter().any(|h| valid_field(h.name())) {
+        return Err(Unparseable(
+            "not a mail message (no valid header field)".into(),
+        ));
     }
     let from = first_addr(message.reply_to()).or_else(|| first_addr(message.from()));
     let from = from.or_else(|| first_addr(message.sender()));
@@ -479,6 +483,8 @@ mod tests {
         ] {
             let _ = ctx_parse(raw);
         }
+        assert!(ctx_parse(b"\x01\x02\x03 this is not a mail message at all").is_err());
+        assert!(ctx_parse(b"").is_err());
     }
 
     #[test]
