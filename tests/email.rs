@@ -686,3 +686,120 @@ fn base64_lines(data: &[u8]) -> String {
     }
     out
 }
+
+#[tokio::test]
+async fn oversize_mail_is_recorded_with_a_note_and_a_5xx_ack_fails_with_the_server_text() {
+    let servers = MailServers::start(&[]);
+    let setup = email_setup(&servers, "max_message_bytes = 4096\n");
+    let client = http();
+    let daemon = setup.start();
+    let body = "x".repeat(10_000);
+    servers.send(
+        CUSTOMER,
+        &[SUPPORT],
+        &mail_from_customer(Some("huge@customer.test"), "huge", "", &body),
+    );
+    // From an address Postfix has no mailbox for: the ack is refused (550).
+    let stranger = "From: Nobody <nobody@customer.test>\r\nTo: support@example.test\r\nSubject: stranger\r\n\
+                    Message-ID: <s1@customer.test>\r\n\r\nhello\r\n";
+    servers.send("nobody@customer.test", &[SUPPORT], stranger.as_bytes());
+    let list = wait_inquiries(&client, &daemon, 2).await;
+    let huge = list.iter().find(|i| i["subject"] == "huge").unwrap();
+    let d = detail(&client, &daemon, huge["reference"].as_str().unwrap()).await;
+    let text = d["messages"][0]["text"].as_str().unwrap();
+    assert!(text.contains("over the limit of 4096 bytes"), "{text}");
+    assert!(d["messages"][0]["metadata"]["oversize"].as_u64().unwrap() > 10_000);
+
+    let stranger = list.iter().find(|i| i["subject"] == "stranger").unwrap();
+    let reference = stranger["reference"].as_str().unwrap().to_owned();
+    let d = eventually(WAIT, "the refused ack to be marked failed", || async {
+        let d = detail(&client, &daemon, &reference).await;
+        (d["outbox"][0]["status"] == "failed").then_some(d)
+    })
+    .await;
+    let error = d["outbox"][0]["last_error"].as_str().unwrap();
+    assert!(
+        error.contains("550") || error.to_lowercase().contains("unknown"),
+        "{error}"
+    );
+    assert_eq!(d["outbox"][0]["attempts"], 1, "a 5xx is not retried");
+}
+
+#[tokio::test]
+async fn per_sender_ack_limit_and_bad_credentials_in_health() {
+    let servers = MailServers::start(&[]);
+    let setup = email_setup(&servers, "");
+    let text = std::fs::read_to_string(setup.config_path())
+        .unwrap()
+        .replace(
+            "max_acks_per_sender_per_hour = 50",
+            "max_acks_per_sender_per_hour = 2",
+        )
+        + r#"
+[channels.imap.broken]
+host = "127.0.0.1"
+port = PORT
+tls = "none"
+username = "support@example.test"
+password = "wrong"
+max_backoff = "1s"
+"#;
+    setup.write_config(&text.replace("PORT", &servers.imap_port.to_string()));
+    let client = http();
+    let daemon = setup.start();
+    for i in 1..=3 {
+        servers.send(
+            CUSTOMER,
+            &[SUPPORT],
+            &mail_from_customer(
+                Some(&format!("l{i}@customer.test")),
+                &format!("limit {i}"),
+                "",
+                "x",
+            ),
+        );
+    }
+    let list = wait_inquiries(&client, &daemon, 3).await;
+    let mut skipped = Vec::new();
+    for inq in &list {
+        let d = detail(&client, &daemon, inq["reference"].as_str().unwrap()).await;
+        if event_kinds(&d).contains(&"ack_skipped".to_owned()) {
+            skipped.push(d["events"].to_string());
+        }
+    }
+    assert_eq!(skipped.len(), 1, "the third mail of the hour gets no ack");
+    assert!(
+        skipped[0].contains("acknowledgements this hour"),
+        "{}",
+        skipped[0]
+    );
+
+    let health = eventually(WAIT, "the broken mailbox to report its error", || async {
+        let (_, channels) = api_get(&client, &daemon, "/api/v1/channels").await;
+        let broken = channels["channels"]
+            .as_array()?
+            .iter()
+            .find(|c| c["channel"] == "imap/broken")?
+            .clone();
+        let mb = broken["mailboxes"].get(0)?.clone();
+        (mb["consecutive_failures"].as_u64()? >= 2).then_some(mb)
+    })
+    .await;
+    assert_eq!(health["connected"], false);
+    assert!(
+        health["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("login refused"),
+        "{health}"
+    );
+    // Logged once per backoff step, not in a tight loop.
+    let logged = daemon
+        .log
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|l| l.contains("imap/broken") && l.contains("login refused"))
+        .count();
+    assert!(logged <= 6, "{logged} log lines in a few seconds");
+}
