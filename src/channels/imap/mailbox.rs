@@ -129,28 +129,12 @@ impl AsyncWrite for MailStream {
 
 type ImapSession = Session<MailStream>;
 
-fn tls_connector(cfg: &ImapChannel) -> Result<tokio_rustls::TlsConnector, MailError> {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-    for cert in &cfg.extra_roots {
-        roots
-            .add(cert.clone())
-            .map_err(|e| MailError::Tls(format!("bad CA certificate: {e}")))?;
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| MailError::Tls(e.to_string()))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
-}
-
 async fn wrap_tls(cfg: &ImapChannel, tcp: TcpStream) -> Result<MailStream, MailError> {
     let name = rustls_pki_types::ServerName::try_from(cfg.host.clone())
         .map_err(|e| MailError::Tls(format!("bad server name {}: {e}", cfg.host)))?;
     let tls = within(cfg.timeout, "TLS handshake", async {
-        tls_connector(cfg)?
+        crate::channels::smtp::tls_connector(&cfg.extra_roots)
+            .map_err(MailError::Tls)?
             .connect(name, tcp)
             .await
             .map_err(|e| MailError::Tls(e.to_string()))
