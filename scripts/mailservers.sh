@@ -10,7 +10,7 @@
 # SMTP_PORT and hands it to Dovecot over LMTP; every USER (an address in one
 # of those domains) gets a mailbox with the password `secret`. DIR/tls holds
 # a small CA (ca.crt) and a leaf certificate for `localhost`/127.0.0.1 used by
-# IMAPS and STARTTLS. Needs root (Postfix) and the Debian packages
+# IMAPS and STARTTLS (IMAP and SMTP). Needs root (Postfix) and the Debian packages
 # dovecot-imapd, dovecot-lmtpd and postfix (scripts/test.sh installs them).
 set -euo pipefail
 
@@ -190,6 +190,9 @@ message_size_limit = 52428800
 biff = no
 append_dot_mydomain = no
 smtputf8_enable = yes
+smtpd_tls_security_level = may
+smtpd_tls_cert_file = $tls/server.crt
+smtpd_tls_key_file = $tls/server.key
 maillog_file = $pf/maillog
 maillog_file_prefixes = $pf
 alias_maps =
