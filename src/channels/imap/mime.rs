@@ -117,7 +117,8 @@ pub fn normalize(raw: &[u8], ctx: &Context<'_>) -> Result<NewMessage, Unparseabl
         .collect();
     let language = header_first_text(&message, "Content-Language")
         .map(|l| l.split(',').next().unwrap_or_default().trim().to_owned())
-        .filter(|l| is_language_tag(l));
+        .filter(|l| is_language_tag(l))
+        .or_else(|| guess_language(&trimmed).map(str::to_owned));
 
     let mut metadata = serde_json::json!({
         "mailbox": ctx.mailbox,
@@ -216,6 +217,97 @@ fn is_language_tag(s: &str) -> bool {
         && s.len() <= 35
         && s.split('-')
             .all(|p| !p.is_empty() && p.len() <= 8 && p.bytes().all(|b| b.is_ascii_alphanumeric()))
+}
+
+/// A guess of the language of `text` from common short words, only when
+/// it is clear (at least three hits and twice the runner-up); `None` rather
+/// than a wrong guess.
+pub fn guess_language(text: &str) -> Option<&'static str> {
+    const WORDS: &[(&str, &[&str])] = &[
+        (
+            "en",
+            &[
+                "the", "and", "is", "my", "you", "not", "have", "with", "this", "for", "was",
+                "please", "thanks", "hello",
+            ],
+        ),
+        (
+            "de",
+            &[
+                "der", "die", "und", "ist", "nicht", "ich", "mein", "meine", "bitte", "danke",
+                "mit", "das", "habe", "hallo",
+            ],
+        ),
+        (
+            "fr",
+            &[
+                "le", "la", "et", "est", "je", "pas", "mon", "ma", "les", "merci", "avec", "pour",
+                "bonjour", "une",
+            ],
+        ),
+        (
+            "es",
+            &[
+                "el", "los", "y", "es", "mi", "no", "por", "gracias", "hola", "con", "una", "para",
+                "que", "está",
+            ],
+        ),
+        (
+            "it",
+            &[
+                "il",
+                "di",
+                "che",
+                "è",
+                "non",
+                "mio",
+                "mia",
+                "grazie",
+                "ciao",
+                "con",
+                "per",
+                "sono",
+                "una",
+                "buongiorno",
+            ],
+        ),
+        (
+            "nl",
+            &[
+                "de",
+                "het",
+                "en",
+                "is",
+                "niet",
+                "mijn",
+                "ik",
+                "met",
+                "een",
+                "bedankt",
+                "alstublieft",
+                "hallo",
+                "voor",
+                "van",
+            ],
+        ),
+    ];
+    let mut scores = [0usize; 6];
+    for word in text
+        .split(|c: char| !c.is_alphanumeric())
+        .filter(|w| !w.is_empty())
+        .take(400)
+    {
+        let w = word.to_lowercase();
+        for (i, (_, list)) in WORDS.iter().enumerate() {
+            if list.contains(&w.as_str()) {
+                scores[i] += 1;
+            }
+        }
+    }
+    let mut order: Vec<usize> = (0..WORDS.len()).collect();
+    order.sort_by_key(|i| std::cmp::Reverse(scores[*i]));
+    let (best, second) = (scores[order[0]], scores[order[1]]);
+    (best >= 3 && best >= 2 * second.max(1)).then(|| WORDS[order[0]].0)
 }
 
 /// In-Reply-To then References, without brackets, in order, deduplicated.
@@ -485,6 +577,26 @@ mod tests {
         }
         assert!(ctx_parse(b"\x01\x02\x03 this is not a mail message at all").is_err());
         assert!(ctx_parse(b"").is_err());
+    }
+
+    #[test]
+    fn language_is_guessed_only_when_clear() {
+        assert_eq!(
+            guess_language(
+                "Hallo, meine Karte ist nicht mehr gültig. Bitte helfen Sie mir, danke!"
+            ),
+            Some("de")
+        );
+        assert_eq!(
+            guess_language("Hello, my card is blocked and I have no idea why. Please help."),
+            Some("en")
+        );
+        assert_eq!(
+            guess_language("Bonjour, je ne peux pas payer avec ma carte. Merci pour votre aide."),
+            Some("fr")
+        );
+        assert_eq!(guess_language("ok"), None);
+        assert_eq!(guess_language("12345 67890"), None);
     }
 
     #[test]
