@@ -228,7 +228,7 @@ impl Store {
         reads::mail_checkpoint(&self.pool, channel, mailbox).await
     }
 
-    /// Quarantined mail of `channel`, newest first: (mailbox, uid, reason).
+    /// How many mails of `channel` are in quarantine.
     pub async fn quarantine_count(&self, channel: &str) -> Result<i64, StoreError> {
         reads::quarantine_count(&self.pool, channel).await
     }
@@ -624,5 +624,84 @@ mod tests {
                 "message_edited"
             ]
         );
+    }
+
+    #[tokio::test]
+    async fn mail_batches_commit_with_their_checkpoint_which_only_moves_forward() {
+        let (_dir, store) = open_temp().await;
+        let channel = "imap/test";
+        let item = |id: &str| {
+            let mut intake = message(id, None);
+            intake.message.channel = ChannelId::new(Adapter::Imap, "test");
+            MailItem {
+                intake,
+                raw: Some(format!("raw {id}").into_bytes()),
+            }
+        };
+        let batch = |items: Vec<MailItem>, uidvalidity, last_uid, quarantine| MailBatch {
+            channel: channel.into(),
+            mailbox: "INBOX".into(),
+            checkpoint: MailCheckpoint {
+                uidvalidity,
+                last_uid,
+            },
+            items,
+            quarantine,
+        };
+        assert_eq!(store.mail_checkpoint(channel, "INBOX").await.unwrap(), None);
+        let poison = Quarantined {
+            uid: 3,
+            reason: "no headers".into(),
+            size: 3,
+            raw: Some(b"\x01\x02\x03".to_vec()),
+        };
+        let outcomes = store
+            .mail_batch(batch(
+                vec![item("<a@x>"), item("<b@x>")],
+                7,
+                3,
+                vec![poison],
+            ))
+            .await
+            .unwrap();
+        assert_eq!(outcomes.len(), 2);
+        assert!(outcomes.iter().all(|o| o.opened));
+        let cp = store
+            .mail_checkpoint(channel, "INBOX")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!((cp.uidvalidity, cp.last_uid), (7, 3));
+        assert_eq!(store.quarantine_count(channel).await.unwrap(), 1);
+        // An older checkpoint of the same UIDVALIDITY never moves it back;
+        // a re-fetched message is a duplicate.
+        let again = store
+            .mail_batch(batch(vec![item("<a@x>")], 7, 2, Vec::new()))
+            .await
+            .unwrap();
+        assert!(again[0].duplicate);
+        let cp = store
+            .mail_checkpoint(channel, "INBOX")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(cp.last_uid, 3);
+        // A new UIDVALIDITY resets it.
+        store
+            .mail_batch(batch(vec![item("<b@x>"), item("<c@x>")], 9, 2, Vec::new()))
+            .await
+            .unwrap();
+        let cp = store
+            .mail_checkpoint(channel, "INBOX")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!((cp.uidvalidity, cp.last_uid), (9, 2));
+        let raws: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM email_raw")
+            .fetch_one(&store.pool)
+            .await
+            .unwrap();
+        assert_eq!(raws, 3, "raw bytes kept once per message");
+        assert_eq!(store.outbox_counts().await.unwrap().pending, 3);
     }
 }
