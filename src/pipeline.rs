@@ -108,17 +108,14 @@ impl Pipeline {
 
 fn count(channel: &str, outcome: &IntakeOutcome) {
     let channel = channel.to_owned();
-    {
-        if outcome.duplicate {
-            metrics::counter!("switchboard_intake_duplicates_total", "channel" => channel.clone())
-                .increment(1);
-        } else {
-            metrics::counter!("switchboard_messages_received_total", "channel" => channel.clone())
-                .increment(1);
-            if outcome.opened {
-                metrics::counter!("switchboard_inquiries_received_total", "channel" => channel.clone())
-                    .increment(1);
-            }
-        }
+    if outcome.duplicate {
+        metrics::counter!("switchboard_intake_duplicates_total", "channel" => channel).increment(1);
+        return;
+    }
+    metrics::counter!("switchboard_messages_received_total", "channel" => channel.clone())
+        .increment(1);
+    if outcome.opened {
+        metrics::counter!("switchboard_inquiries_received_total", "channel" => channel)
+            .increment(1);
     }
 }
