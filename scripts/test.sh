@@ -5,14 +5,20 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # System packages. The spine needs only a C compiler (bundled SQLite) and
-# openssl for the README's curl example; later channels add their servers
-# (Dovecot, an MTA, PostgreSQL) here, installed and started on loopback.
+# openssl for the README's curl example; the email tests need Dovecot and
+# Postfix (started by the tests themselves on loopback ports in a temp
+# folder, see scripts/mailservers.sh; nothing system-wide is configured).
 need=()
 command -v cc >/dev/null || need+=(gcc)
 command -v openssl >/dev/null || need+=(openssl)
 command -v curl >/dev/null || need+=(curl)
+[ -x /usr/sbin/dovecot ] || need+=(dovecot-imapd)
+[ -x /usr/lib/dovecot/lmtp ] || need+=(dovecot-lmtpd)
+[ -x /usr/sbin/postfix ] || need+=(postfix)
 if ((${#need[@]})); then
     if [ "$(id -u)" = 0 ]; then
+        # "No configuration": Postfix installs without a system-wide setup.
+        echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
         apt-get update -qq
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"
     else

@@ -20,6 +20,8 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, AppState};
+use crate::channels::imap::loops::AckGuard;
+use crate::channels::imap::mailbox::MailboxTask;
 use crate::config::{ConfigError, Settings};
 use crate::outbox::Dispatcher;
 use crate::pipeline::Pipeline;
@@ -80,6 +82,8 @@ pub async fn run(config_path: &Path) -> Result<(), DaemonError> {
     let dispatcher_stop = CancellationToken::new();
     let dispatcher =
         tokio::spawn(Dispatcher::new(store.clone(), settings.clone()).run(dispatcher_stop.clone()));
+    let mail_stop = CancellationToken::new();
+    let mailboxes = spawn_mailboxes(&state, mail_stop.clone());
     // Installed before we announce readiness: a SIGHUP that arrived before
     // its handler would kill the process (the default action).
     let handlers = Signals::install()?;
@@ -119,6 +123,16 @@ pub async fn run(config_path: &Path) -> Result<(), DaemonError> {
         Ok(Err(e)) => tracing::error!(error = %e, "HTTP server task failed"),
         Err(_) => tracing::warn!("drain timeout: dropping open connections"),
     }
+    // Mailbox tasks finish the batch they are committing, then log out.
+    mail_stop.cancel();
+    if tokio::time::timeout_at(deadline, mailboxes.join_all())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            "drain timeout: mailbox tasks cut off; uncommitted mail is fetched again after restart"
+        );
+    }
     // The router stops before the store: its last round is committed.
     router_stop.cancel();
     if tokio::time::timeout_at(deadline, router_task)
@@ -136,6 +150,28 @@ pub async fn run(config_path: &Path) -> Result<(), DaemonError> {
     let _ = files.await;
     tracing::info!("switchboard stopped");
     Ok(())
+}
+
+/// One task per watched IMAP mailbox, with its own shutdown token. The set
+/// is fixed at start: mailboxes added by a reload start with the next run
+/// (settings of existing ones apply at their next reconnect).
+fn spawn_mailboxes(state: &AppState, stop: CancellationToken) -> tokio::task::JoinSet<()> {
+    let guard = Arc::new(AckGuard::new());
+    let mut tasks = tokio::task::JoinSet::new();
+    for (name, channel) in &state.settings.load().imap {
+        for mailbox in &channel.mailboxes {
+            let task = MailboxTask {
+                name: name.clone(),
+                mailbox: mailbox.clone(),
+                settings: state.settings.clone(),
+                pipeline: state.pipeline.clone(),
+                store: state.store.clone(),
+                guard: guard.clone(),
+            };
+            tasks.spawn(task.run(stop.clone()));
+        }
+    }
+    tasks
 }
 
 struct Signals {
@@ -321,6 +357,9 @@ pub fn reload(path: &Path, settings: &ArcSwap<Settings>) -> bool {
             }
             if new.store.url != old.store.url || new.store.max_batch != old.store.max_batch {
                 tracing::warn!("store settings changed: take effect after a restart");
+            }
+            for name in new.imap.keys().filter(|n| !old.imap.contains_key(*n)) {
+                tracing::warn!(channel = %name, "new IMAP channel: its mailboxes are watched after a restart");
             }
             let channels = new.channels.ids().len();
             let associates = new.roster.associates.len();

@@ -13,7 +13,10 @@ use crate::config::Settings;
 use crate::inquiry::NewMessage;
 use crate::routing::{NewWork, Requirements, Router};
 use crate::rules::Facts;
-use crate::store::{AckPlan, Classified, Intake, IntakeOutcome, Store, StoreError};
+use crate::store::{
+    AckPlan, Classified, Intake, IntakeOutcome, MailBatch, MailCheckpoint, MailItem, Quarantined,
+    Store, StoreError,
+};
 use crate::templates::DEFAULT_ACK;
 
 #[derive(Debug, Clone)]
@@ -42,13 +45,7 @@ impl Pipeline {
     pub async fn accept(&self, message: NewMessage) -> Result<IntakeOutcome, StoreError> {
         let channel = message.channel.to_string();
         let (ack, classification) = self.classify(&message);
-        let routing = self.router.as_ref().map(|_| {
-            (
-                message.medium,
-                message.customer_key.clone(),
-                classification.clone(),
-            )
-        });
+        let route = self.work_for(&message, &classification);
         let outcome = self
             .store
             .intake(Intake {
@@ -57,30 +54,7 @@ impl Pipeline {
                 classification,
             })
             .await?;
-        if let (Some(router), Some((medium, customer_key, c))) = (&self.router, routing)
-            && outcome.opened
-        {
-            router.add(NewWork {
-                id: outcome.inquiry_id,
-                medium,
-                urgency: c.urgency,
-                customer_key,
-                requirements: c.requirements,
-                sla_due: c.sla_due_at.map(|t| t.timestamp_millis()),
-                waiting_since: chrono::Utc::now().timestamp_millis(),
-            });
-        }
-        if outcome.duplicate {
-            metrics::counter!("switchboard_intake_duplicates_total", "channel" => channel.clone())
-                .increment(1);
-        } else {
-            metrics::counter!("switchboard_messages_received_total", "channel" => channel.clone())
-                .increment(1);
-            if outcome.opened {
-                metrics::counter!("switchboard_inquiries_received_total", "channel" => channel.clone())
-                    .increment(1);
-            }
-        }
+        self.after_commit(&channel, &outcome, route);
         tracing::debug!(
             channel,
             inquiry = %outcome.inquiry,
@@ -89,6 +63,75 @@ impl Pipeline {
             "message committed"
         );
         Ok(outcome)
+    }
+
+    /// Commits mail taken from one mailbox together with the mailbox's
+    /// checkpoint (one transaction): the IMAP channel flags or moves the
+    /// mail only after this returns `Ok`. Each message is classified and
+    /// routed like one from [`Pipeline::accept`].
+    pub async fn accept_mail_batch(
+        &self,
+        channel: &str,
+        mailbox: &str,
+        checkpoint: MailCheckpoint,
+        messages: Vec<(NewMessage, Option<Vec<u8>>)>,
+        quarantine: Vec<Quarantined>,
+    ) -> Result<Vec<IntakeOutcome>, StoreError> {
+        let mut routes = Vec::with_capacity(messages.len());
+        let items = messages
+            .into_iter()
+            .map(|(message, raw)| {
+                let (ack, classification) = self.classify(&message);
+                routes.push(self.work_for(&message, &classification));
+                MailItem {
+                    intake: Intake {
+                        message,
+                        ack,
+                        classification,
+                    },
+                    raw,
+                }
+            })
+            .collect();
+        let outcomes = self
+            .store
+            .mail_batch(MailBatch {
+                channel: channel.to_owned(),
+                mailbox: mailbox.to_owned(),
+                checkpoint,
+                items,
+                quarantine,
+            })
+            .await?;
+        for (outcome, route) in outcomes.iter().zip(routes) {
+            self.after_commit(channel, outcome, route);
+        }
+        Ok(outcomes)
+    }
+
+    /// What the router needs of a message, should it open an inquiry.
+    fn work_for(&self, message: &NewMessage, c: &Classified) -> Option<NewWork> {
+        self.router.as_ref()?;
+        Some(NewWork {
+            id: 0,
+            medium: message.medium,
+            urgency: c.urgency,
+            customer_key: message.customer_key.clone(),
+            requirements: c.requirements.clone(),
+            sla_due: c.sla_due_at.map(|t| t.timestamp_millis()),
+            waiting_since: chrono::Utc::now().timestamp_millis(),
+        })
+    }
+
+    /// Counts a committed message and hands a new inquiry to the router.
+    fn after_commit(&self, channel: &str, outcome: &IntakeOutcome, work: Option<NewWork>) {
+        count(channel, outcome);
+        if let (Some(router), Some(mut work)) = (&self.router, work)
+            && outcome.opened
+        {
+            work.id = outcome.inquiry_id;
+            router.add(work);
+        }
     }
 
     /// Runs the rules over `message` and decides its acknowledgement: the
@@ -178,4 +221,18 @@ fn customer_tags(message: &NewMessage) -> Vec<String> {
                 .collect()
         })
         .unwrap_or_default()
+}
+
+fn count(channel: &str, outcome: &IntakeOutcome) {
+    let channel = channel.to_owned();
+    if outcome.duplicate {
+        metrics::counter!("switchboard_intake_duplicates_total", "channel" => channel).increment(1);
+        return;
+    }
+    metrics::counter!("switchboard_messages_received_total", "channel" => channel.clone())
+        .increment(1);
+    if outcome.opened {
+        metrics::counter!("switchboard_inquiries_received_total", "channel" => channel)
+            .increment(1);
+    }
 }

@@ -107,12 +107,17 @@ pub(super) async fn channels(
         .ids()
         .into_iter()
         .map(|id| {
-            serde_json::json!({
+            let mut entry = serde_json::json!({
                 "channel": id.to_string(),
                 "adapter": id.adapter,
                 "name": id.name,
                 "can_reply": settings.channels.can_reply(&id),
-            })
+            });
+            if id.adapter == crate::inquiry::Adapter::Imap {
+                entry["mailboxes"] =
+                    serde_json::json!(crate::channels::imap::health::of_channel(&id.to_string()));
+            }
+            entry
         })
         .collect();
     Ok(Json(serde_json::json!({ "channels": list })))

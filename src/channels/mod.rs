@@ -9,8 +9,10 @@
 //! to it without further wiring.
 
 pub mod generic;
+pub mod imap;
 pub mod signature;
 pub mod slack;
+pub mod smtp;
 pub mod support;
 pub mod telegram;
 pub mod twilio;

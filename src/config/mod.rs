@@ -22,7 +22,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::channels::{ChannelAdapter, Channels, generic, slack, telegram, twilio, whatsapp};
+use crate::channels::smtp::{SmtpConfig, SmtpSender};
+use crate::channels::{ChannelAdapter, Channels, generic, imap, slack, telegram, twilio, whatsapp};
 use crate::routing::{Roster, RoutingConfig};
 use crate::rules::{Catalog, RuleSet};
 use crate::templates::AckTemplates;
@@ -238,6 +239,7 @@ pub struct ChannelsConfig {
     pub whatsapp: BTreeMap<String, whatsapp::Config>,
     #[serde(default)]
     pub telegram: BTreeMap<String, telegram::Config>,
+    pub imap: BTreeMap<String, imap::Config>,
 }
 
 /// The file as written, before validation.
@@ -264,6 +266,9 @@ pub struct RawSettings {
     pub roster: RosterConfig,
     #[serde(default)]
     pub routing: RoutingConfig,
+    /// Outgoing mail (email acknowledgements, notifications).
+    #[serde(default)]
+    pub smtp: Option<SmtpConfig>,
 }
 
 /// Validated settings, with secrets resolved, channels built and templates
@@ -287,6 +292,10 @@ pub struct Settings {
     /// the rules file, the roster file (also when an optional one does not
     /// exist yet) and the templates folder.
     pub sources: Vec<PathBuf>,
+    /// The shared SMTP sender, when `[smtp]` is configured.
+    pub smtp: Option<Arc<SmtpSender>>,
+    /// IMAP channels by name, for the daemon's mailbox tasks.
+    pub imap: BTreeMap<String, Arc<imap::ImapChannel>>,
 }
 
 impl Settings {
@@ -401,6 +410,38 @@ impl Settings {
             |name, cfg| telegram::TelegramChannel::from_config(name, cfg, &base).map(arc),
         );
 
+        let smtp = match &raw.smtp {
+            None => None,
+            Some(cfg) => match SmtpSender::from_config(cfg, &base) {
+                Ok(s) => Some(Arc::new(s)),
+                Err(list) => {
+                    for (key, msg) in list {
+                        problem(&format!("smtp.{key}"), msg);
+                    }
+                    None
+                }
+            },
+        };
+        let mut imap_channels = BTreeMap::new();
+        for (name, cfg) in &raw.channels.imap {
+            if let Err(msg) = check_channel_name(name) {
+                problem(&format!("channels.imap.{name}"), msg);
+                continue;
+            }
+            match imap::ImapChannel::from_config(name, cfg, smtp.clone(), &base) {
+                Ok(c) => {
+                    let c = Arc::new(c);
+                    channels.insert(c.clone());
+                    imap_channels.insert(name.clone(), c);
+                }
+                Err(list) => {
+                    for (key, msg) in list {
+                        problem(&format!("channels.imap.{name}.{key}"), msg);
+                    }
+                }
+            }
+        }
+
         let roster = load_roster(&base, &raw.roster, &mut problems);
         let rules_path = base.join(
             raw.rules
@@ -470,6 +511,8 @@ impl Settings {
                 routing: raw.routing,
                 rules: Arc::new(rules),
                 sources,
+                smtp,
+                imap: imap_channels,
             }),
             _ => Err(ConfigError { problems }),
         }

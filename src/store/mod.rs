@@ -91,6 +91,45 @@ pub struct Classified {
     pub trace: serde_json::Value,
 }
 
+/// Mail taken from one IMAP mailbox, committed in one transaction with the
+/// mailbox's checkpoint: after a crash either all of it and the checkpoint
+/// are in the store, or none of it, and the next pass fetches it again.
+#[derive(Debug, Clone)]
+pub struct MailBatch {
+    /// `imap/<name>`.
+    pub channel: String,
+    pub mailbox: String,
+    /// The checkpoint this batch moves the mailbox to.
+    pub checkpoint: MailCheckpoint,
+    pub items: Vec<MailItem>,
+    pub quarantine: Vec<Quarantined>,
+}
+
+/// One parsed mail of a [`MailBatch`].
+#[derive(Debug, Clone)]
+pub struct MailItem {
+    pub intake: Intake,
+    /// The raw message, kept when within the channel's limit.
+    pub raw: Option<Vec<u8>>,
+}
+
+/// Where intake of a mailbox stands: every UID up to `last_uid` under
+/// `uidvalidity` has been committed (taken or quarantined).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MailCheckpoint {
+    pub uidvalidity: u32,
+    pub last_uid: u32,
+}
+
+/// A mail that could not be parsed: kept aside, reported, and skipped.
+#[derive(Debug, Clone)]
+pub struct Quarantined {
+    pub uid: u32,
+    pub reason: String,
+    pub size: u64,
+    pub raw: Option<Vec<u8>>,
+}
+
 /// The result of one delivery attempt of an outbox entry.
 #[derive(Debug, Clone)]
 pub enum DeliveryResult {
@@ -183,6 +222,28 @@ impl Store {
         self.submit(writer::Job::Intake(Box::new(intake), tx))
             .await?;
         rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Commits a batch of mail with its mailbox checkpoint (durably); one
+    /// outcome per item, in order.
+    pub async fn mail_batch(&self, batch: MailBatch) -> Result<Vec<IntakeOutcome>, StoreError> {
+        let (tx, rx) = oneshot::channel();
+        self.submit(writer::Job::Mail(Box::new(batch), tx)).await?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// The committed checkpoint of `mailbox` on `channel`, if any.
+    pub async fn mail_checkpoint(
+        &self,
+        channel: &str,
+        mailbox: &str,
+    ) -> Result<Option<MailCheckpoint>, StoreError> {
+        reads::mail_checkpoint(&self.pool, channel, mailbox).await
+    }
+
+    /// How many mails of `channel` are in quarantine.
+    pub async fn quarantine_count(&self, channel: &str) -> Result<i64, StoreError> {
+        reads::quarantine_count(&self.pool, channel).await
     }
 
     /// Records a delivery attempt, with its event, and releases the entry.
@@ -596,5 +657,84 @@ mod tests {
                 "message_edited"
             ]
         );
+    }
+
+    #[tokio::test]
+    async fn mail_batches_commit_with_their_checkpoint_which_only_moves_forward() {
+        let (_dir, store) = open_temp().await;
+        let channel = "imap/test";
+        let item = |id: &str| {
+            let mut intake = message(id, None);
+            intake.message.channel = ChannelId::new(Adapter::Imap, "test");
+            MailItem {
+                intake,
+                raw: Some(format!("raw {id}").into_bytes()),
+            }
+        };
+        let batch = |items: Vec<MailItem>, uidvalidity, last_uid, quarantine| MailBatch {
+            channel: channel.into(),
+            mailbox: "INBOX".into(),
+            checkpoint: MailCheckpoint {
+                uidvalidity,
+                last_uid,
+            },
+            items,
+            quarantine,
+        };
+        assert_eq!(store.mail_checkpoint(channel, "INBOX").await.unwrap(), None);
+        let poison = Quarantined {
+            uid: 3,
+            reason: "no headers".into(),
+            size: 3,
+            raw: Some(b"\x01\x02\x03".to_vec()),
+        };
+        let outcomes = store
+            .mail_batch(batch(
+                vec![item("<a@x>"), item("<b@x>")],
+                7,
+                3,
+                vec![poison],
+            ))
+            .await
+            .unwrap();
+        assert_eq!(outcomes.len(), 2);
+        assert!(outcomes.iter().all(|o| o.opened));
+        let cp = store
+            .mail_checkpoint(channel, "INBOX")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!((cp.uidvalidity, cp.last_uid), (7, 3));
+        assert_eq!(store.quarantine_count(channel).await.unwrap(), 1);
+        // An older checkpoint of the same UIDVALIDITY never moves it back;
+        // a re-fetched message is a duplicate.
+        let again = store
+            .mail_batch(batch(vec![item("<a@x>")], 7, 2, Vec::new()))
+            .await
+            .unwrap();
+        assert!(again[0].duplicate);
+        let cp = store
+            .mail_checkpoint(channel, "INBOX")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(cp.last_uid, 3);
+        // A new UIDVALIDITY resets it.
+        store
+            .mail_batch(batch(vec![item("<b@x>"), item("<c@x>")], 9, 2, Vec::new()))
+            .await
+            .unwrap();
+        let cp = store
+            .mail_checkpoint(channel, "INBOX")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!((cp.uidvalidity, cp.last_uid), (9, 2));
+        let raws: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM email_raw")
+            .fetch_one(&store.pool)
+            .await
+            .unwrap();
+        assert_eq!(raws, 3, "raw bytes kept once per message");
+        assert_eq!(store.outbox_counts().await.unwrap().pending, 3);
     }
 }

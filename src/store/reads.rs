@@ -280,3 +280,30 @@ pub(super) async fn outbox_counts(pool: &SqlitePool) -> Result<OutboxCounts, Sto
     }
     Ok(counts)
 }
+
+pub(super) async fn mail_checkpoint(
+    pool: &SqlitePool,
+    channel: &str,
+    mailbox: &str,
+) -> Result<Option<super::MailCheckpoint>, StoreError> {
+    let row: Option<(i64, i64)> = sqlx::query_as(
+        "SELECT uidvalidity, last_uid FROM email_checkpoints WHERE channel = ?1 AND mailbox = ?2",
+    )
+    .bind(channel)
+    .bind(mailbox)
+    .fetch_optional(pool)
+    .await?;
+    Ok(row.map(|(v, u)| super::MailCheckpoint {
+        uidvalidity: u32::try_from(v).unwrap_or_default(),
+        last_uid: u32::try_from(u).unwrap_or_default(),
+    }))
+}
+
+pub(super) async fn quarantine_count(pool: &SqlitePool, channel: &str) -> Result<i64, StoreError> {
+    Ok(
+        sqlx::query_scalar("SELECT COUNT(*) FROM email_quarantine WHERE channel = ?1")
+            .bind(channel)
+            .fetch_one(pool)
+            .await?,
+    )
+}

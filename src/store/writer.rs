@@ -22,7 +22,8 @@ use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, 
 use tokio::sync::{Notify, mpsc, oneshot};
 
 use super::{
-    AckPlan, DeliveryRecord, DeliveryResult, Intake, IntakeOutcome, OutboxEntry, StoreError, to_ms,
+    AckPlan, DeliveryRecord, DeliveryResult, Intake, IntakeOutcome, MailBatch, OutboxEntry,
+    StoreError, to_ms,
 };
 use crate::inquiry::{MessageEdit, ProviderStatus, Reference, Status};
 use crate::routing::Effect;
@@ -33,6 +34,11 @@ pub(super) enum Job {
         oneshot::Sender<Result<IntakeOutcome, StoreError>>,
     ),
     Delivery(DeliveryRecord, oneshot::Sender<Result<(), StoreError>>),
+    /// Mail with its mailbox checkpoint (and quarantined mail), one transaction.
+    Mail(
+        Box<MailBatch>,
+        oneshot::Sender<Result<Vec<IntakeOutcome>, StoreError>>,
+    ),
     /// Reads due outbox entries. It runs here, after the batch's writes,
     /// so it never sees an entry as pending whose delivery was just recorded.
     Claim {
@@ -60,6 +66,7 @@ pub(super) enum Job {
 /// What one job produced, in job order.
 enum Output {
     Intake(IntakeOutcome),
+    Mail(Vec<IntakeOutcome>),
     Done,
     Claimed(Vec<OutboxEntry>),
     Count(usize),
@@ -230,9 +237,12 @@ impl Writer {
         let tx = Transaction::new(&mut self.conn, TransactionBehavior::Immediate)?;
         let intakes: Vec<&Intake> = jobs
             .iter()
-            .filter_map(|j| match j {
-                Job::Intake(i, _) => Some(&**i),
-                _ => None,
+            .flat_map(|j| -> Box<dyn Iterator<Item = &Intake> + '_> {
+                match j {
+                    Job::Intake(i, _) => Box::new(std::iter::once(&**i)),
+                    Job::Mail(b, _) => Box::new(b.items.iter().map(|m| &m.intake)),
+                    _ => Box::new(std::iter::empty()),
+                }
             })
             .collect();
         let mut plan = Plan::default();
@@ -257,6 +267,10 @@ impl Writer {
         for job in jobs {
             outputs.push(match job {
                 Job::Intake(..) => Output::Intake(outcomes.next().expect("one outcome per intake")),
+                Job::Mail(batch, _) => {
+                    write_mail(&tx, batch, now)?;
+                    Output::Mail(outcomes.by_ref().take(batch.items.len()).collect())
+                }
                 Job::Delivery(..) | Job::Stop => Output::Done,
                 Job::Claim { scan, .. } => Output::Claimed(due_outbox(&tx, now, *scan)?),
                 Job::Statuses {
@@ -338,6 +352,14 @@ impl Syncer {
                     wake |= outcome.opened && matches!(intake.ack, AckPlan::Send { .. });
                     let _ = tx.send(Ok(outcome));
                 }
+                (Job::Mail(batch, tx), Output::Mail(outcomes)) => {
+                    wake |= batch
+                        .items
+                        .iter()
+                        .zip(&outcomes)
+                        .any(|(i, o)| o.opened && matches!(i.intake.ack, AckPlan::Send { .. }));
+                    let _ = tx.send(Ok(outcomes));
+                }
                 (Job::Delivery(_, tx), _) => {
                     let _ = tx.send(Ok(()));
                 }
@@ -382,6 +404,9 @@ fn fail(jobs: Vec<Job>, e: StoreError) {
                 let _ = tx.send(Err(err));
             }
             Job::Delivery(_, tx) => {
+                let _ = tx.send(Err(err));
+            }
+            Job::Mail(_, tx) => {
                 let _ = tx.send(Err(err));
             }
             Job::Claim { tx, .. } => {
@@ -689,6 +714,51 @@ impl<'a> Plan<'a> {
         }
         Ok(())
     }
+}
+
+/// The checkpoint, quarantined mail and kept raw bytes of a mail batch.
+/// A checkpoint only moves forward within one UIDVALIDITY.
+fn write_mail(conn: &Connection, batch: &MailBatch, now: i64) -> Result<(), StoreError> {
+    conn.prepare_cached(
+        "INSERT INTO email_checkpoints (channel, mailbox, uidvalidity, last_uid, updated_at) \
+         VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (channel, mailbox) DO UPDATE SET \
+         last_uid = CASE WHEN uidvalidity = excluded.uidvalidity \
+             THEN MAX(last_uid, excluded.last_uid) ELSE excluded.last_uid END, \
+         uidvalidity = excluded.uidvalidity, updated_at = excluded.updated_at",
+    )?
+    .execute(params![
+        batch.channel,
+        batch.mailbox,
+        i64::from(batch.checkpoint.uidvalidity),
+        i64::from(batch.checkpoint.last_uid),
+        now
+    ])?;
+    let mut quarantine = conn.prepare_cached(
+        "INSERT INTO email_quarantine (channel, mailbox, uidvalidity, uid, reason, size, raw, created_at) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT DO NOTHING",
+    )?;
+    for q in &batch.quarantine {
+        quarantine.execute(params![
+            batch.channel,
+            batch.mailbox,
+            i64::from(batch.checkpoint.uidvalidity),
+            i64::from(q.uid),
+            q.reason,
+            i64::try_from(q.size).unwrap_or(i64::MAX),
+            q.raw,
+            now
+        ])?;
+    }
+    let mut raw = conn.prepare_cached(
+        "INSERT INTO email_raw (channel, provider_id, raw) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING",
+    )?;
+    for item in &batch.items {
+        if let Some(bytes) = &item.raw {
+            let m = &item.intake.message;
+            raw.execute(params![m.channel.to_string(), m.provider_id, bytes])?;
+        }
+    }
+    Ok(())
 }
 
 pub(super) fn insert_events(

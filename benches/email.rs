@@ -1,0 +1,378 @@
+//! Email intake and acknowledgement benchmark (not a test), against the
+//! same real servers as `tests/email.rs`:
+//!
+//! 1. 10,000 varied messages are put into a Dovecot mailbox (Maildir files
+//!    written directly, then indexed by one SELECT before any timing).
+//! 2. floor: a bare fetch-and-parse loop (async-imap `UID FETCH` in batches
+//!    of 500 over IMAPS + mail-parser, no store);
+//! 3. mbsync (isync) downloading the same mailbox into a local Maildir;
+//! 4. the daemon, from start to all 10,000 messages committed (no SMTP);
+//! 5. the daemon again on a fresh store with `[smtp]` to Postfix: the
+//!    acknowledgement throughput through the outbox (sent entries over the
+//!    span of their `done_at`).
+//!
+//! Run as root (Postfix): `cargo bench --bench email`. Needs `isync` for
+//! step 3 (skipped with a note when missing). `EMAIL_BENCH_N` changes 10,000.
+
+#[path = "../tests/common/mail.rs"]
+mod mail;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use futures::TryStreamExt;
+use mail::{MailServers, SUPPORT};
+use switchboard::channels::imap::{Config as ImapConfig, ImapChannel, mailbox};
+
+const CUSTOMERS: usize = 50;
+
+fn customer(i: usize) -> String {
+    format!("c{}@customer.test", i % CUSTOMERS)
+}
+
+/// The i-th benchmark message: ten kinds, varied sizes and encodings.
+fn message(i: usize) -> Vec<u8> {
+    let from = customer(i);
+    let head = |subject: &str, extra: &str| {
+        format!(
+            "From: Customer {n} <{from}>\r\nTo: Support <{SUPPORT}>\r\nSubject: {subject}\r\n\
+             Message-ID: <bench-{i}@customer.test>\r\nDate: Fri, 27 Nov 2026 10:00:00 +0000\r\nMIME-Version: 1.0\r\n{extra}",
+            n = i % CUSTOMERS
+        )
+    };
+    let mut out = match i % 10 {
+        0 => format!(
+            "{}Content-Type: text/plain; charset=utf-8\r\n\r\nMy order {i} has not arrived yet.\r\n",
+            head(&format!("Order {i} missing"), "")
+        )
+        .into_bytes(),
+        1 => format!(
+            "{}Content-Type: text/plain; charset=iso-8859-1\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\nK=E4se {i} ist sch=F6n.\r\n",
+            head("=?ISO-8859-1?Q?R=FCckfrage?=", "")
+        )
+        .into_bytes(),
+        2 => format!(
+            "{}Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: base64\r\n\r\nw5xiZXJ3ZWlzdW5nIGdlc2NoZWl0ZXJ0\r\n",
+            head("Transfer failed", "")
+        )
+        .into_bytes(),
+        3 => format!(
+            "{}Content-Type: text/html; charset=utf-8\r\n\r\n<html><body><p>Hello, <b>invoice {i}</b> is wrong.</p></body></html>\r\n",
+            head("Invoice", "")
+        )
+        .into_bytes(),
+        4 => format!(
+            "{}Content-Type: multipart/alternative; boundary=\"a{i}\"\r\n\r\n--a{i}\r\nContent-Type: text/plain\r\n\r\nPlain {i}\r\n--a{i}\r\nContent-Type: text/html\r\n\r\n<p>Plain {i}</p>\r\n--a{i}--\r\n",
+            head("Alternative", "")
+        )
+        .into_bytes(),
+        5 => {
+            let blob = "QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVo0NTY3ODkwMTIzNDU2Nzg5MDEyMzQ1Njc4OTAx\r\n".repeat(60);
+            format!(
+                "{}Content-Type: multipart/mixed; boundary=\"m{i}\"\r\n\r\n--m{i}\r\nContent-Type: text/plain\r\n\r\nScreenshot attached.\r\n--m{i}\r\nContent-Type: image/png; name=\"s.png\"\r\nContent-Disposition: attachment; filename=\"s.png\"\r\nContent-Transfer-Encoding: base64\r\n\r\n{blob}--m{i}--\r\n",
+                head("Screenshot", "")
+            )
+            .into_bytes()
+        }
+        6 => {
+            let mut v = format!(
+                "{}Content-Type: text/plain; charset=Shift_JIS\r\nContent-Transfer-Encoding: 8bit\r\n\r\n",
+                head("Japanese", "")
+            )
+            .into_bytes();
+            v.extend_from_slice(&[0x82, 0xb1, 0x82, 0xf1, 0x82, 0xc9, 0x82, 0xbf, 0x82, 0xcd, b'\r', b'\n']);
+            v
+        }
+        7 => format!(
+            "{}Content-Type: text/plain\r\n\r\nFollow-up on {}.\r\n\r\nOn Mon, you wrote:\r\n> earlier\r\n",
+            head(
+                "Re: Order missing",
+                &format!("In-Reply-To: <bench-{}@customer.test>\r\n", i - 7)
+            ),
+            i - 7
+        )
+        .into_bytes(),
+        8 => format!(
+            "{}Content-Type: text/plain\r\n\r\nI am out of the office.\r\n",
+            head("Out of office", "Auto-Submitted: auto-replied\r\n")
+        )
+        .into_bytes(),
+        _ => format!(
+            "{}Content-Type: text/plain\r\n\r\n{}\r\n",
+            head("Long story", ""),
+            "A long description of the problem. ".repeat(500)
+        )
+        .into_bytes(),
+    };
+    if !out.ends_with(b"\r\n") {
+        out.extend_from_slice(b"\r\n");
+    }
+    out
+}
+
+fn seed(servers: &MailServers, n: usize) -> u64 {
+    let root = servers.dir.path().join("mail").join(SUPPORT);
+    for d in ["cur", "new", "tmp"] {
+        std::fs::create_dir_all(root.join(d)).unwrap();
+    }
+    let mut bytes = 0;
+    for i in 0..n {
+        let raw = message(i);
+        bytes += raw.len() as u64;
+        std::fs::write(
+            root.join("new").join(format!("1764237600.M{i}P1.bench")),
+            raw,
+        )
+        .unwrap();
+    }
+    let status = Command::new("chown")
+        .args(["-R", "nobody:nogroup"])
+        .arg(&root)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    bytes
+}
+
+fn imap_channel(servers: &MailServers) -> ImapChannel {
+    let cfg: ImapConfig = toml::from_str(&format!(
+        "host = \"localhost\"\nport = {}\ntls = \"implicit\"\nca_file = \"{}\"\nusername = \"{SUPPORT}\"\npassword = \"secret\"\n",
+        servers.imaps_port,
+        servers.ca_file().display()
+    ))
+    .unwrap();
+    ImapChannel::from_config("bench", &cfg, None, Path::new("/")).unwrap()
+}
+
+/// Bare fetch-and-parse: the floor.
+async fn floor(channel: &ImapChannel) -> (Duration, usize) {
+    let start = Instant::now();
+    let mut session = mailbox::connect(channel).await.expect("connect");
+    let mb = session.select("INBOX").await.unwrap();
+    let last = mb.uid_next.unwrap_or(1);
+    let parser = mail_parser::MessageParser::default();
+    let mut parsed = 0;
+    let mut from = 1u32;
+    while from < last {
+        let to = (from + 499).min(last - 1);
+        let fetched: Vec<_> = session
+            .uid_fetch(format!("{from}:{to}"), "(UID BODY.PEEK[])")
+            .await
+            .unwrap()
+            .try_collect()
+            .await
+            .unwrap();
+        for f in &fetched {
+            if let Some(body) = f.body()
+                && let Some(m) = parser.parse(body)
+            {
+                std::hint::black_box(m.body_text(0));
+                parsed += 1;
+            }
+        }
+        from = to + 1;
+    }
+    let _ = session.logout().await;
+    (start.elapsed(), parsed)
+}
+
+fn mbsync(servers: &MailServers, work: &Path) -> Option<(Duration, usize)> {
+    if Command::new("mbsync").arg("-v").output().is_err() {
+        return None;
+    }
+    let local = work.join("mbsync-maildir");
+    std::fs::create_dir_all(&local).unwrap();
+    let conf = work.join("mbsyncrc");
+    std::fs::write(
+        &conf,
+        format!(
+            "IMAPAccount bench\nHost localhost\nPort {port}\nUser {SUPPORT}\nPass secret\nSSLType IMAPS\nCertificateFile {ca}\n\n\
+             IMAPStore remote\nAccount bench\n\nMaildirStore local\nPath {dir}/\nInbox {dir}/INBOX\n\n\
+             Channel bench\nFar :remote:\nNear :local:\nPatterns INBOX\nCreate Near\nSync Pull\nSyncState *\n",
+            port = servers.imaps_port,
+            ca = servers.ca_file().display(),
+            dir = local.display()
+        ),
+    )
+    .unwrap();
+    let start = Instant::now();
+    let out = Command::new("mbsync")
+        .arg("-c")
+        .arg(&conf)
+        .arg("-a")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let took = start.elapsed();
+    if !out.status.success() {
+        eprintln!("mbsync failed: {}", String::from_utf8_lossy(&out.stderr));
+        return None;
+    }
+    let count = ["cur", "new"]
+        .iter()
+        .map(|d| {
+            std::fs::read_dir(local.join("INBOX").join(d))
+                .map(|r| r.count())
+                .unwrap_or(0)
+        })
+        .sum();
+    Some((took, count))
+}
+
+struct DaemonRun {
+    intake: Duration,
+    messages: i64,
+    inquiries: i64,
+    acks_sent: i64,
+    ack_rate: Option<f64>,
+}
+
+fn run_daemon(servers: &MailServers, work: &Path, n: usize, with_smtp: bool) -> DaemonRun {
+    let dir = work.join(if with_smtp { "daemon-smtp" } else { "daemon" });
+    std::fs::create_dir_all(dir.join("templates")).unwrap();
+    std::fs::write(
+        dir.join("templates/ack.en.txt"),
+        "Hello {{ customer_name or 'there' }}, we have your message. Your reference is {{ reference }}.",
+    )
+    .unwrap();
+    let db: PathBuf = dir.join("switchboard.sqlite");
+    let smtp = if with_smtp {
+        format!(
+            "[smtp]\nhost = \"127.0.0.1\"\nport = {}\ntls = \"none\"\nfrom = \"Support <{SUPPORT}>\"\npool_size = 16\n\
+             max_acks_per_sender_per_hour = 1000000\nbreaker_acks_per_minute = 1000000\n",
+            servers.smtp_port
+        )
+    } else {
+        String::new()
+    };
+    std::fs::write(
+        dir.join("switchboard.toml"),
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[store]\nurl = \"sqlite://{db}\"\n[outbox]\nconcurrency = 32\n{smtp}\n\
+             [channels.imap.support]\nhost = \"localhost\"\nport = {port}\ntls = \"implicit\"\nca_file = \"{ca}\"\n\
+             username = \"{SUPPORT}\"\npassword = \"secret\"\naddress = \"{SUPPORT}\"\nbatch_size = 500\n",
+            db = db.display(),
+            port = servers.imaps_port,
+            ca = servers.ca_file().display()
+        ),
+    )
+    .unwrap();
+    let start = Instant::now();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_switchboard"))
+        .args(["run", "--config"])
+        .arg(dir.join("switchboard.toml"))
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let count = |sql: &str| -> i64 {
+        rusqlite::Connection::open_with_flags(&db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .and_then(|c| c.query_row(sql, [], |r| r.get(0)))
+            .unwrap_or(0)
+    };
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let mut messages = 0;
+    while Instant::now() < deadline {
+        messages = count("SELECT COUNT(*) FROM messages");
+        if messages >= n as i64 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let intake = start.elapsed();
+    let inquiries = count("SELECT COUNT(*) FROM inquiries");
+    let mut acks_sent = 0;
+    let mut ack_rate = None;
+    if with_smtp {
+        let expected = count("SELECT COUNT(*) FROM outbox");
+        let deadline = Instant::now() + Duration::from_secs(600);
+        while Instant::now() < deadline {
+            acks_sent = count("SELECT COUNT(*) FROM outbox WHERE status <> 'pending'");
+            if acks_sent >= expected {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        acks_sent = count("SELECT COUNT(*) FROM outbox WHERE status = 'sent'");
+        let span = count("SELECT MAX(done_at) - MIN(done_at) FROM outbox WHERE status = 'sent'");
+        if span > 0 {
+            ack_rate = Some(acks_sent as f64 / (span as f64 / 1000.0));
+        }
+    }
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let _ = child.wait();
+    DaemonRun {
+        intake,
+        messages,
+        inquiries,
+        acks_sent,
+        ack_rate,
+    }
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    let n: usize = std::env::var("EMAIL_BENCH_N")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10_000);
+    let users: Vec<String> = (0..CUSTOMERS).map(customer).collect();
+    let users: Vec<&str> = users.iter().map(String::as_str).collect();
+    let servers = MailServers::start(&users);
+    let work = tempfile::tempdir().unwrap();
+    let bytes = seed(&servers, n);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let channel = imap_channel(&servers);
+    // Index the Maildir once, outside every timing.
+    rt.block_on(async {
+        let mut s = mailbox::connect(&channel).await.unwrap();
+        let mb = s.select("INBOX").await.unwrap();
+        assert_eq!(mb.exists as usize, n, "seeded mailbox");
+        let _ = s.logout().await;
+    });
+    println!(
+        "email benchmark: {n} messages, {:.1} MiB, Dovecot over IMAPS on loopback",
+        bytes as f64 / 1048576.0
+    );
+    let (floor_time, parsed) = rt.block_on(floor(&channel));
+    assert_eq!(parsed, n);
+    println!("floor (async-imap UID FETCH x500 + mail-parser): {floor_time:.2?}");
+    let mb = mbsync(&servers, work.path());
+    match &mb {
+        Some((t, c)) => {
+            println!("mbsync (isync) to a Maildir:                     {t:.2?} ({c} files)")
+        }
+        None => println!("mbsync: not installed (apt-get install isync), skipped"),
+    }
+    let a = run_daemon(&servers, work.path(), n, false);
+    println!(
+        "switchboard, start to {} messages committed:  {:.2?} ({} inquiries)",
+        a.messages, a.intake, a.inquiries
+    );
+    println!(
+        "  ratio to floor: {:.2}x{}",
+        a.intake.as_secs_f64() / floor_time.as_secs_f64(),
+        mb.as_ref()
+            .map(|(t, _)| format!(
+                ", to mbsync: {:.2}x",
+                a.intake.as_secs_f64() / t.as_secs_f64()
+            ))
+            .unwrap_or_default()
+    );
+    let b = run_daemon(&servers, work.path(), n, true);
+    println!(
+        "switchboard with [smtp]: intake {:.2?}; {} acknowledgements sent to Postfix, {}",
+        b.intake,
+        b.acks_sent,
+        b.ack_rate
+            .map(|r| format!("{r:.0}/s through the outbox"))
+            .unwrap_or_else(|| "rate not measurable".into())
+    );
+}
