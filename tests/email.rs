@@ -803,3 +803,50 @@ max_backoff = "1s"
         .count();
     assert!(logged <= 6, "{logged} log lines in a few seconds");
 }
+
+/// An associate notified by email gets the offer in their mailbox, sent
+/// through `[smtp]` and marked as machine mail.
+#[tokio::test]
+async fn offers_are_notified_to_associates_by_email() {
+    const ANNA: &str = "anna@example.test";
+    let servers = MailServers::start(&[ANNA]);
+    let setup = email_setup(&servers, "");
+    std::fs::write(
+        setup.dir.path().join("roster.toml"),
+        format!(
+            "[[associate]]\nid = \"anna\"\nname = \"Anna Becker\"\nemail = \"{ANNA}\"\n\
+             capacity = {{ email = 2, generic = 2 }}\n"
+        ),
+    )
+    .unwrap();
+    let text = std::fs::read_to_string(setup.config_path()).unwrap()
+        + "\n[routing]\ninitial_presence = \"available\"\n";
+    setup.write_config(&text);
+    let daemon = setup.start();
+    let client = http();
+    let body = serde_json::json!({"id": "n1", "from": {"email": "c@example.org"}, "subject": "Card", "text": "Hi"});
+    let (status, answer) = common::post_webhook(&client, &daemon, "shop", &body).await;
+    assert_eq!(status, 202, "{answer}");
+    let reference = answer["inquiry"].as_str().unwrap().to_owned();
+    let deadline = std::time::Instant::now() + WAIT;
+    let note = loop {
+        let got = servers.fetch_all(ANNA, "INBOX").await;
+        if let Some((_, raw, _)) = got.into_iter().next() {
+            break raw;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no notification\n{}",
+            servers.maillog()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(
+        header(&note, "Subject").unwrap(),
+        format!("New offer: {reference}")
+    );
+    assert_eq!(header(&note, "Auto-Submitted").unwrap(), "auto-generated");
+    assert!(String::from_utf8_lossy(&note).contains(&reference));
+    let d = detail(&client, &daemon, &reference).await;
+    assert!(event_kinds(&d).iter().any(|k| k == "notified"), "{d}");
+}

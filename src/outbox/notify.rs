@@ -5,6 +5,9 @@
 //! The target comes from the live roster at delivery time: a changed
 //! webhook URL applies to notifications still pending.
 
+use lettre::Message;
+use lettre::message::Mailbox;
+use lettre::message::header::{ContentType, Header, HeaderName, HeaderValue};
 use serde_json::json;
 
 use crate::channels::generic::DELIVERY_HEADER;
@@ -49,9 +52,59 @@ pub async fn deliver(
             classify_response(response.status(), response.headers().get("retry-after"))?;
             Ok(text)
         }
-        NotifyVia::Email(_) => Err(DeliveryError::Permanent(
-            "email notifications need an [smtp] section (not configured)".into(),
-        )),
+        NotifyVia::Email(address) => {
+            let smtp = settings.smtp.as_ref().ok_or_else(|| {
+                DeliveryError::Permanent(
+                    "email notifications need an [smtp] section (not configured)".into(),
+                )
+            })?;
+            let to: Mailbox = format!("{} <{address}>", associate.name)
+                .parse()
+                .or_else(|_| address.parse())
+                .map_err(|e| DeliveryError::Permanent(format!("bad address {address}: {e}")))?;
+            let subject = match what {
+                "assignment" => format!("Assigned to you: {}", entry.reference),
+                _ => format!("New offer: {}", entry.reference),
+            };
+            let message = Message::builder()
+                .from(smtp.from().clone())
+                .to(to)
+                .subject(subject)
+                // Notifications are machine mail: no auto-replies to them.
+                .header(AutoSubmitted)
+                .message_id(Some(format!(
+                    "<notify-{}.{}@{}>",
+                    entry.id,
+                    entry.reference,
+                    smtp.domain()
+                )))
+                .header(ContentType::TEXT_PLAIN)
+                .body(text.clone())
+                .map_err(|e| {
+                    DeliveryError::Permanent(format!("cannot build the notification: {e}"))
+                })?;
+            smtp.send(message).await?;
+            Ok(text)
+        }
+    }
+}
+
+/// `Auto-Submitted: auto-generated` (RFC 3834): a notification is not a
+/// reply, and nobody should auto-reply to it.
+#[derive(Debug, Clone)]
+struct AutoSubmitted;
+
+impl Header for AutoSubmitted {
+    fn name() -> HeaderName {
+        HeaderName::new_from_ascii_str("Auto-Submitted")
+    }
+
+    fn parse(_: &str) -> Result<Self, Box<dyn std::error::Error + Send + Sync>> {
+        Ok(AutoSubmitted)
+    }
+
+    fn display(&self) -> HeaderValue {
+        HeaderValue::new(Self::name(), "auto-generated".into())
     }
 }
 
