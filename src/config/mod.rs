@@ -239,6 +239,7 @@ pub struct ChannelsConfig {
     pub whatsapp: BTreeMap<String, whatsapp::Config>,
     #[serde(default)]
     pub telegram: BTreeMap<String, telegram::Config>,
+    #[serde(default)]
     pub imap: BTreeMap<String, imap::Config>,
 }
 
