@@ -40,7 +40,11 @@ pub async fn deliver(
                 "inquiry": entry.reference,
                 "what": what,
                 "subject": entry.subject,
-                "expires_at": entry.payload.get("expires_at"),
+                "expires_at": entry
+                    .payload
+                    .get("expires_at")
+                    .and_then(|v| v.as_i64())
+                    .map(crate::routing::engine::ms_to_rfc3339),
             });
             let response = http
                 .post(url.clone())
