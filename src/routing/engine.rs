@@ -258,6 +258,9 @@ pub struct Engine {
     /// decision asks each schedule once instead of once per associate.
     schedules: Vec<Arc<dyn super::roster::WorkingHours>>,
     hours_of: Vec<Option<usize>>,
+    /// Who was within working hours at the last rescan: a rescan backfills
+    /// only those whose hours began since, not everyone.
+    working: Bitset,
     /// Per medium: available and with spare capacity (hours checked apart).
     free: [Bitset; 5],
     works: HashMap<i64, Work>,
@@ -284,6 +287,7 @@ impl Engine {
             lang_bits: HashMap::new(),
             schedules: Vec::new(),
             hours_of: Vec::new(),
+            working: Bitset::new(0),
             free: Default::default(),
             works: HashMap::new(),
             waiting: BTreeSet::new(),
@@ -348,10 +352,12 @@ impl Engine {
     /// Swaps the roster. Presence, load and offers carry over by id; offers
     /// to associates who left are withdrawn and their inquiries re-routed.
     pub fn set_roster(&mut self, roster: Arc<Roster>, now: i64) -> Vec<Effect> {
+        let mut before: HashMap<String, String> = HashMap::new();
         for (i, a) in self.roster.associates.iter().enumerate() {
             let p = &self.people[i];
             self.presence_by_id
                 .insert(a.id.clone(), (p.presence, p.idle_since));
+            before.insert(a.id.clone(), fingerprint(a));
         }
         self.install_roster(roster, now);
         let mut effects = Vec::new();
@@ -369,7 +375,16 @@ impl Engine {
             self.close_offer(id, OfferState::Withdrawn, now, &mut effects);
             self.route(id, now, &mut effects);
         }
-        effects.extend(self.rescan(now));
+        // Those who joined or changed may now fit waiting work.
+        let changed: Vec<usize> = (0..self.roster.associates.len())
+            .filter(|&i| {
+                let a = &self.roster.associates[i];
+                before.get(&a.id) != Some(&fingerprint(a))
+            })
+            .collect();
+        for i in changed {
+            self.backfill(i, now, &mut effects);
+        }
         effects
     }
 
@@ -460,7 +475,18 @@ impl Engine {
         for i in 0..n {
             self.refresh_free(i);
         }
-        let _ = now;
+        self.working = self.working_at(now);
+    }
+
+    /// Who is within working hours at `now` (each schedule asked once).
+    fn working_at(&self, now: i64) -> Bitset {
+        let at = utc(now);
+        let open: Vec<bool> = self.schedules.iter().map(|s| s.is_open(at)).collect();
+        let mut set = Bitset::new(self.roster.associates.len());
+        for (i, h) in self.hours_of.iter().enumerate() {
+            set.set(i, h.is_none_or(|h| open[h]));
+        }
+        set
     }
 
     fn refresh_free(&mut self, i: usize) {
@@ -733,14 +759,21 @@ impl Engine {
         self.timers.first().map(|t| t.0)
     }
 
-    /// Matches waiting work against everyone free: covers working hours
-    /// that began since the last event.
+    /// Backfills associates whose working hours began since the last
+    /// rescan: the one change that arrives without an event. Cheap when
+    /// nothing changed, whatever the size of the queue.
     pub fn rescan(&mut self, now: i64) -> Vec<Effect> {
         let mut effects = Vec::new();
+        let working = self.working_at(now);
+        let began: Vec<usize> = working
+            .iter()
+            .filter(|&i| !self.working.contains(i))
+            .collect();
+        self.working = working;
         if self.waiting.is_empty() {
             return effects;
         }
-        for i in 0..self.people.len() {
+        for i in began {
             if self.people[i].presence == Presence::Available {
                 self.backfill(i, now, &mut effects);
             }
@@ -1543,6 +1576,14 @@ struct Found {
     stages: Vec<(String, usize)>,
 }
 
+/// What about an associate decides which work fits them.
+fn fingerprint(a: &super::roster::Associate) -> String {
+    format!(
+        "{:?}{:?}{:?}{:?}{:?}",
+        a.skills, a.capacity, a.team, a.languages, a.hours_name
+    )
+}
+
 /// Whether `a` ranks before `b`: higher score, then longer idle, then
 /// roster order, so equal candidates are chosen the same way every time.
 fn better(a: &Scored, b: &Scored, people: &[Person]) -> bool {
@@ -1757,6 +1798,27 @@ mod tests {
             e.set_presence("zed", Presence::Away, 7),
             Err(RoutingError::UnknownAssociate(_))
         ));
+    }
+
+    #[derive(Debug)]
+    struct Switch(std::sync::atomic::AtomicBool);
+    impl WorkingHours for Switch {
+        fn is_open(&self, _: DateTime<Utc>) -> bool {
+            self.0.load(std::sync::atomic::Ordering::Relaxed)
+        }
+    }
+
+    #[test]
+    fn a_rescan_backfills_those_whose_hours_began() {
+        let hours = Arc::new(Switch(false.into()));
+        let mut late = person("late", &[], &["en"], 2);
+        late.hours = Some(hours.clone());
+        let mut e = engine(vec![late]);
+        assert!(offered_to(&e.add(work(1, &[], Medium::Chat), 0)).is_empty());
+        assert!(e.rescan(1).is_empty(), "still closed: nothing to do");
+        hours.0.store(true, std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(offered_to(&e.rescan(2)), vec![(1, "late".into())]);
+        assert!(e.rescan(3).is_empty(), "only a change of hours triggers it");
     }
 
     #[test]
