@@ -306,6 +306,10 @@ pub struct IntakeOutcome {
     pub duplicate: bool,
     /// The message opened a new inquiry (false: attached to an open one).
     pub opened: bool,
+    /// The language the rules chose for answering (their preferred
+    /// language, else the message's), for adapters that answer in the
+    /// HTTP response itself (Twilio's spoken greeting). Set by the pipeline.
+    pub language: Option<String>,
 }
 
 /// The delivery state a provider reports for a message we sent.

@@ -46,7 +46,12 @@ impl Pipeline {
         let channel = message.channel.to_string();
         let (ack, classification) = self.classify(&message);
         let route = self.work_for(&message, &classification);
-        let outcome = self
+        let language = classification
+            .requirements
+            .language
+            .as_deref()
+            .map(str::to_owned);
+        let mut outcome = self
             .store
             .intake(Intake {
                 message,
@@ -54,6 +59,7 @@ impl Pipeline {
                 classification,
             })
             .await?;
+        outcome.language = language;
         self.after_commit(&channel, &outcome, route);
         tracing::debug!(
             channel,

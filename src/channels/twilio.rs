@@ -486,14 +486,30 @@ impl TwilioChannel {
 
     /// The TwiML answering a call: greeting with the reference, then a
     /// recorded voicemail with its callbacks.
-    fn voice_twiml(&self, request: &InboundRequest<'_>, reference: &str) -> String {
+    ///
+    /// `language` is what the rules chose for the caller (e.g. `de`); the
+    /// configured `voice_language` applies when they chose none.
+    fn voice_twiml(
+        &self,
+        request: &InboundRequest<'_>,
+        reference: &str,
+        language: Option<&str>,
+    ) -> String {
         let spoken = spell_reference(reference);
-        let primary = self
+        let configured = self
             .voice_language
             .split('-')
             .next()
             .unwrap_or("en")
             .to_ascii_lowercase();
+        let primary = language
+            .map(|l| l.split('-').next().unwrap_or(l).to_ascii_lowercase())
+            .unwrap_or_else(|| configured.clone());
+        let say_language = if primary == configured {
+            self.voice_language.clone()
+        } else {
+            say_language(&primary)
+        };
         let greeting = self
             .templates
             .as_ref()
@@ -533,7 +549,7 @@ impl TwilioChannel {
              recordingStatusCallbackEvent=\"completed absent\" \
              transcribe=\"true\" transcribeCallback=\"{tr}\"/>\
              </Response>",
-            lang = xml_escape(&self.voice_language),
+            lang = xml_escape(&say_language),
             greeting = xml_escape(&greeting),
             rec = xml_escape(&format!("{base}/recording")),
             tr = xml_escape(&format!("{base}/transcription")),
@@ -794,7 +810,11 @@ impl ChannelAdapter for TwilioChannel {
 
     fn committed(&self, request: &InboundRequest<'_>, outcomes: &[IntakeOutcome]) -> Answer {
         match (request.action.trim_end_matches('/'), outcomes.first()) {
-            ("voice", Some(outcome)) => twiml(&self.voice_twiml(request, outcome.inquiry.as_str())),
+            ("voice", Some(outcome)) => twiml(&self.voice_twiml(
+                request,
+                outcome.inquiry.as_str(),
+                outcome.language.as_deref(),
+            )),
             _ => twiml(EMPTY_TWIML),
         }
     }
@@ -806,6 +826,24 @@ impl ChannelAdapter for TwilioChannel {
     fn deliver<'a>(&'a self, http: &'a reqwest::Client, out: &'a Outbound) -> DeliveryFuture<'a> {
         Box::pin(self.send(http, out))
     }
+}
+
+/// A `<Say language>` tag for a primary language subtag: Twilio's voices
+/// want a region.
+fn say_language(primary: &str) -> String {
+    match primary {
+        "de" => "de-DE",
+        "en" => "en-US",
+        "fr" => "fr-FR",
+        "es" => "es-ES",
+        "it" => "it-IT",
+        "nl" => "nl-NL",
+        "pt" => "pt-PT",
+        "pl" => "pl-PL",
+        "tr" => "tr-TR",
+        other => other,
+    }
+    .to_owned()
 }
 
 #[cfg(test)]
@@ -1076,14 +1114,20 @@ mod tests {
         assert_eq!(m[0].customer_key.as_deref(), Some("tel:+4930123456"));
         assert_eq!(m[0].no_ack_reason, None);
         let key = m[0].thread.provides[0].clone();
-        let outcome = IntakeOutcome {
+        let mut outcome = IntakeOutcome {
             inquiry: crate::inquiry::Reference("INQ-7K3F9Q".into()),
             inquiry_id: 1,
             duplicate: false,
             opened: true,
+            language: None,
         };
-        let twiml = c.committed(&req, &[outcome]).body;
+        let twiml = c.committed(&req, &[outcome.clone()]).body;
         assert!(twiml.contains("I N Q, 7 K 3 F 9 Q"), "{twiml}");
+        // The rules chose German for this caller: German voice and greeting.
+        outcome.language = Some("de".into());
+        let german = c.committed(&req, &[outcome]).body;
+        assert!(german.contains("<Say language=\"de-DE\">"), "{german}");
+        assert_ne!(german, twiml, "the greeting follows the rules' language");
         assert!(
             twiml.contains(
                 "recordingStatusCallback=\"https://support.example.com/webhooks/twilio/main/voice/recording\""

@@ -555,6 +555,7 @@ impl<'a> Plan<'a> {
                     inquiry_id: *id,
                     duplicate: true,
                     opened: false,
+                    language: None,
                 });
                 continue;
             }
@@ -631,6 +632,7 @@ impl<'a> Plan<'a> {
                 inquiry_id: id,
                 duplicate: false,
                 opened,
+                language: None,
             });
         }
         plan
