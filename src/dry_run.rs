@@ -29,6 +29,28 @@ pub enum MessageError {
     Message(#[from] crate::channels::IntakeError),
 }
 
+/// The channel a replayed message arrives on: `adapter/name`, or by
+/// default the first generic channel configured.
+pub fn replay_channel(
+    settings: &Settings,
+    channel: Option<&str>,
+) -> Result<ChannelId, MessageError> {
+    match channel {
+        Some(c) => c
+            .split_once('/')
+            .and_then(|(a, n)| Some(ChannelId::new(Adapter::parse(a)?, n)))
+            .filter(|id| !id.name.is_empty())
+            .ok_or_else(|| MessageError::Channel(c.to_owned())),
+        None => Ok(settings
+            .channels
+            .ids()
+            .into_iter()
+            .filter(|id| id.adapter == Adapter::Generic)
+            .min_by(|a, b| a.name.cmp(&b.name))
+            .unwrap_or_else(|| ChannelId::new(Adapter::Generic, "test"))),
+    }
+}
+
 /// Builds a message from a generic-webhook JSON body, arriving on
 /// `channel` (default: the first generic channel configured) at `at`
 /// (default: now).
@@ -38,20 +60,7 @@ pub fn message_from_json(
     channel: Option<&str>,
     at: Option<&str>,
 ) -> Result<NewMessage, MessageError> {
-    let channel = match channel {
-        Some(c) => c
-            .split_once('/')
-            .and_then(|(a, n)| Some(ChannelId::new(Adapter::parse(a)?, n)))
-            .filter(|id| !id.name.is_empty())
-            .ok_or_else(|| MessageError::Channel(c.to_owned()))?,
-        None => settings
-            .channels
-            .ids()
-            .into_iter()
-            .filter(|id| id.adapter == Adapter::Generic)
-            .min_by(|a, b| a.name.cmp(&b.name))
-            .unwrap_or_else(|| ChannelId::new(Adapter::Generic, "test")),
-    };
+    let channel = replay_channel(settings, channel)?;
     let at = match at {
         Some(t) => chrono::DateTime::parse_from_rfc3339(t)
             .map_err(|_| MessageError::Time(t.to_owned()))?

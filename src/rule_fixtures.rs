@@ -53,7 +53,7 @@ use serde::Deserialize;
 use crate::channels::generic::GenericChannel;
 use crate::config::Settings;
 use crate::dry_run::{DryRun, dry_run};
-use crate::inquiry::{Adapter, ChannelId, Medium, NewMessage, Urgency};
+use crate::inquiry::{Medium, NewMessage, Urgency};
 use crate::routing::Presence;
 use crate::rules::{Classification, Facts};
 use crate::templates::DEFAULT_ACK;
@@ -216,17 +216,6 @@ pub fn run_file(settings: &Settings, file: &Path) -> FixtureReport {
     report(description, outcome)
 }
 
-/// The channel messages arrive on when the fixture names none.
-fn default_channel(settings: &Settings) -> ChannelId {
-    settings
-        .channels
-        .ids()
-        .into_iter()
-        .filter(|id| id.adapter == Adapter::Generic)
-        .min_by(|a, b| a.name.cmp(&b.name))
-        .unwrap_or_else(|| ChannelId::new(Adapter::Generic, "test"))
-}
-
 fn parse_at(value: &toml::Value) -> Result<DateTime<Utc>, String> {
     let text = match value {
         toml::Value::String(s) => s.clone(),
@@ -301,19 +290,8 @@ fn message(settings: &Settings, fixture: &Fixture) -> Result<NewMessage, String>
         Some(v) => parse_at(v)?,
         None => Utc::now(),
     };
-    let channel = match &fixture.channel {
-        None => default_channel(settings),
-        Some(c) => {
-            let (adapter, name) = c
-                .split_once('/')
-                .and_then(|(a, n)| Some((Adapter::parse(a)?, n)))
-                .filter(|(_, n)| !n.is_empty())
-                .ok_or_else(|| {
-                    format!("`channel`: `{c}` is not `<adapter>/<name>`, e.g. `generic/website`")
-                })?;
-            ChannelId::new(adapter, name)
-        }
-    };
+    let channel = crate::dry_run::replay_channel(settings, fixture.channel.as_deref())
+        .map_err(|e| format!("`channel`: {e}"))?;
     let body = match &fixture.message {
         toml::Value::String(json) => json.clone().into_bytes(),
         toml::Value::Table(t) => serde_json::to_vec(t).map_err(|e| format!("`message`: {e}"))?,

@@ -18,7 +18,7 @@ use super::{ApiError, AppState, bearer, settings};
 use crate::inquiry::Reference;
 use crate::routing::engine::ms_to_rfc3339;
 use crate::routing::service::CommandError;
-use crate::routing::{Caller, Presence, RoutingError};
+use crate::routing::{Caller, Engine, Presence, RoutingError};
 
 /// Who the bearer token belongs to.
 pub(super) fn caller(state: &State<AppState>, headers: &HeaderMap) -> Result<Caller, ApiError> {
@@ -116,23 +116,15 @@ pub(super) async fn offers(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
-    require_self_or_ops(&caller(&state, &headers)?, &id)?;
-    known_associate(&state, &id)?;
-    let offers = state
-        .router
-        .query(move |e| {
-            json!(
-                e.offers_of(&id)
-                    .into_iter()
-                    .map(|(reference, _, expires)| {
-                        json!({ "inquiry": reference, "expires_at": ms_to_rfc3339(expires) })
-                    })
-                    .collect::<Vec<_>>()
-            )
-        })
-        .await
-        .map_err(command)?;
-    Ok(Json(json!({ "offers": offers })))
+    own_work(&state, id, &headers, "offers", |e, id| {
+        e.offers_of(id)
+            .into_iter()
+            .map(|(reference, _, expires)| {
+                json!({ "inquiry": reference, "expires_at": ms_to_rfc3339(expires) })
+            })
+            .collect()
+    })
+    .await
 }
 
 /// `GET /api/v1/associates/{id}/assignments`
@@ -141,21 +133,31 @@ pub(super) async fn assignments(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
-    require_self_or_ops(&caller(&state, &headers)?, &id)?;
-    known_associate(&state, &id)?;
-    let assigned = state
+    own_work(&state, id, &headers, "assignments", |e, id| {
+        e.assignments_of(id)
+            .into_iter()
+            .map(|(reference, _)| json!({ "inquiry": reference }))
+            .collect()
+    })
+    .await
+}
+
+/// Answers `{key: [...]}` listing associate `id`'s work, for them or ops.
+async fn own_work(
+    state: &State<AppState>,
+    id: String,
+    headers: &HeaderMap,
+    key: &str,
+    list: impl FnOnce(&Engine, &str) -> Vec<Value> + Send + 'static,
+) -> Result<Json<Value>, ApiError> {
+    require_self_or_ops(&caller(state, headers)?, &id)?;
+    known_associate(state, &id)?;
+    let items = state
         .router
-        .query(move |e| {
-            json!(
-                e.assignments_of(&id)
-                    .into_iter()
-                    .map(|(reference, _)| json!({ "inquiry": reference }))
-                    .collect::<Vec<_>>()
-            )
-        })
+        .query(move |e| json!(list(e, &id)))
         .await
         .map_err(command)?;
-    Ok(Json(json!({ "assignments": assigned })))
+    Ok(Json(json!({ key: items })))
 }
 
 /// `GET /api/v1/queue` (ops): waiting inquiries in offer order.

@@ -570,16 +570,7 @@ impl Engine {
         note: Option<&str>,
         now: i64,
     ) -> Result<Vec<Effect>, RoutingError> {
-        let work = self.works.get(&id).ok_or(RoutingError::NotOpen)?;
-        let holder = match &work.state {
-            State::Assigned { associate } => Some(associate.clone()),
-            _ => None,
-        };
-        if let Some(who) = who
-            && holder.as_deref() != Some(who)
-        {
-            return Err(RoutingError::NotYours);
-        }
+        let holder = self.checked_holder(id, who)?;
         let mut effects = Vec::new();
         self.close_offer(id, OfferState::Withdrawn, now, &mut effects);
         let work = self.works.remove(&id).expect("checked above");
@@ -604,6 +595,20 @@ impl Engine {
         Ok(effects)
     }
 
+    /// Who holds inquiry `id` (if assigned), once `who` is allowed to act
+    /// on it: the holder themselves, or ops (`None`).
+    fn checked_holder(&self, id: i64, who: Option<&str>) -> Result<Option<String>, RoutingError> {
+        let work = self.works.get(&id).ok_or(RoutingError::NotOpen)?;
+        let holder = match &work.state {
+            State::Assigned { associate } => Some(associate.clone()),
+            _ => None,
+        };
+        match who {
+            Some(who) if holder.as_deref() != Some(who) => Err(RoutingError::NotYours),
+            _ => Ok(holder),
+        }
+    }
+
     /// Hands an assigned inquiry to `to`, or back to the queue when `None`.
     pub fn transfer(
         &mut self,
@@ -613,17 +618,8 @@ impl Engine {
         note: Option<&str>,
         now: i64,
     ) -> Result<Vec<Effect>, RoutingError> {
-        let work = self.works.get(&id).ok_or(RoutingError::NotOpen)?;
-        let holder = match &work.state {
-            State::Assigned { associate } => Some(associate.clone()),
-            _ => None,
-        };
-        if let Some(who) = who
-            && holder.as_deref() != Some(who)
-        {
-            return Err(RoutingError::NotYours);
-        }
-        let medium = work.new.medium;
+        let holder = self.checked_holder(id, who)?;
+        let medium = self.works[&id].new.medium;
         let target = match to {
             Some(t) => {
                 let i = self
