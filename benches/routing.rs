@@ -274,8 +274,10 @@ fn report(what: &str, v: &mut [Duration]) {
 fn engine_memory(roster: Arc<Roster>, open: usize, rng: &mut fastrand::Rng) {
     let now = 1_800_000_000_000;
     let before = proc_memory(std::process::id()).map(|m| m.0).unwrap_or(0);
-    let works = (1..=open as i64)
-        .map(|i| switchboard::routing::engine::RestoredWork {
+    // Built as the store does: row by row.
+    let mut snapshot = Snapshot::default();
+    for i in 1..=open as i64 {
+        snapshot.add(switchboard::routing::engine::RestoredWork {
             work: rare(i, rng, now),
             status: switchboard::inquiry::Status::Open,
             assignee: None,
@@ -284,12 +286,8 @@ fn engine_memory(roster: Arc<Roster>, open: usize, rng: &mut fastrand::Rng) {
             expired: Vec::new(),
             responded: false,
             sla_breached: false,
-        })
-        .collect();
-    let snapshot = Snapshot {
-        works,
-        ..Snapshot::default()
-    };
+        });
+    }
     let engine = Engine::new(RoutingConfig::default(), roster, snapshot, now);
     let after = proc_memory(std::process::id()).map(|m| m.0).unwrap_or(0);
     println!(
@@ -302,8 +300,19 @@ fn engine_memory(roster: Arc<Roster>, open: usize, rng: &mut fastrand::Rng) {
 
 /// The daemon's memory with `open` open inquiries and the big roster.
 fn memory_bench(open: usize) -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
-    let db = dir.path().join("bench.sqlite");
+    // `ROUTING_BENCH_KEEP=<dir>`: build the store and config there and keep
+    // them, to run the daemon again by hand (e.g. under heaptrack).
+    let kept = std::env::var_os("ROUTING_BENCH_KEEP").map(std::path::PathBuf::from);
+    let temp = tempfile::tempdir()?;
+    let root = match &kept {
+        Some(p) => {
+            let _ = std::fs::remove_dir_all(p);
+            std::fs::create_dir_all(p)?;
+            p.clone()
+        }
+        None => temp.path().to_path_buf(),
+    };
+    let db = root.join("bench.sqlite");
     // Create the schema through the daemon's own migrations.
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
@@ -364,13 +373,10 @@ fn memory_bench(open: usize) -> anyhow::Result<()> {
             skills.join(", ")
         ));
     }
-    std::fs::write(dir.path().join("roster.toml"), roster)?;
-    std::fs::create_dir_all(dir.path().join("templates"))?;
-    std::fs::write(
-        dir.path().join("templates/ack.en.txt"),
-        "Thanks, {{ reference }}",
-    )?;
-    let config = dir.path().join("switchboard.toml");
+    std::fs::write(root.join("roster.toml"), roster)?;
+    std::fs::create_dir_all(root.join("templates"))?;
+    std::fs::write(root.join("templates/ack.en.txt"), "Thanks, {{ reference }}")?;
+    let config = root.join("switchboard.toml");
     std::fs::write(
         &config,
         format!(
@@ -379,6 +385,10 @@ fn memory_bench(open: usize) -> anyhow::Result<()> {
             db.display()
         ),
     )?;
+    if kept.is_some() {
+        // The daemon changes the store; keep it as written for reruns.
+        std::fs::copy(&db, root.join("bench.sqlite.orig"))?;
+    }
     println!(
         "\nmemory: {open} open inquiries and {ASSOCIATES} associates written in {} ms; starting the daemon",
         t.elapsed().as_millis()
@@ -426,6 +436,17 @@ fn memory_bench(open: usize) -> anyhow::Result<()> {
         rss as f64 / 1024.0,
         hwm as f64 / 1024.0
     );
+    if let Ok(status) = std::fs::read_to_string(format!("/proc/{}/status", child.id())) {
+        let parts: Vec<&str> = status
+            .lines()
+            .filter(|l| l.starts_with("RssAnon:") || l.starts_with("RssFile:"))
+            .map(|l| l.trim())
+            .collect();
+        println!("  of which {}", parts.join(", "));
+    }
+    if kept.is_some() {
+        println!("  kept: {}", config.display());
+    }
     let _ = Command::new("kill").arg(child.id().to_string()).status();
     let _ = child.wait();
     Ok(())

@@ -355,7 +355,11 @@ pub fn reload(path: &Path, settings: &ArcSwap<Settings>) -> bool {
             if new.server.listen != old.server.listen {
                 tracing::warn!("server.listen changed: takes effect after a restart");
             }
-            if new.store.url != old.store.url || new.store.max_batch != old.store.max_batch {
+            if new.store.url != old.store.url
+                || new.store.max_batch != old.store.max_batch
+                || new.store.cache_kib != old.store.cache_kib
+                || new.store.read_cache_kib != old.store.read_cache_kib
+            {
                 tracing::warn!("store settings changed: take effect after a restart");
             }
             for name in new.imap.keys().filter(|n| !old.imap.contains_key(*n)) {

@@ -91,13 +91,11 @@ pub fn dry_run(
         initial_presence: Presence::Available,
         ..settings.routing.clone()
     };
-    let snapshot = Snapshot {
-        presence: presence
-            .iter()
-            .map(|(id, p)| (id.clone(), *p, now, None))
-            .collect(),
-        ..Snapshot::default()
-    };
+    let mut snapshot = Snapshot::default();
+    snapshot.presence = presence
+        .iter()
+        .map(|(id, p)| (id.clone(), *p, now, None))
+        .collect();
     let engine = Engine::new(config, settings.roster.clone(), snapshot, now);
     let work = NewWork {
         id: 0,

@@ -6,6 +6,7 @@
 //! that acknowledgement. [`api`] is the HTTP face and [`daemon`] wires it
 //! all and owns the lifecycle.
 
+pub mod alloc;
 pub mod api;
 pub mod channels;
 pub mod cli;

@@ -111,6 +111,10 @@ pub struct StoreConfig {
     pub url: String,
     /// Most intakes one group commit may carry.
     pub max_batch: usize,
+    /// SQLite page cache of the writer's connection, in KiB.
+    pub cache_kib: u32,
+    /// SQLite page cache of each read connection (up to four), in KiB.
+    pub read_cache_kib: u32,
 }
 
 impl Default for StoreConfig {
@@ -118,6 +122,8 @@ impl Default for StoreConfig {
         StoreConfig {
             url: "sqlite://data/switchboard.sqlite".into(),
             max_batch: 256,
+            cache_kib: 8192,
+            read_cache_kib: 1024,
         }
     }
 }
@@ -343,6 +349,14 @@ impl Settings {
         }
         if raw.store.max_batch == 0 {
             problem("store.max_batch", "must be at least 1".into());
+        }
+        for (key, kib) in [
+            ("store.cache_kib", raw.store.cache_kib),
+            ("store.read_cache_kib", raw.store.read_cache_kib),
+        ] {
+            if kib < 64 {
+                problem(key, "must be at least 64 (KiB)".into());
+            }
         }
         if raw.limits.max_body_bytes < 256 {
             problem("limits.max_body_bytes", "must be at least 256".into());

@@ -134,14 +134,110 @@ pub struct RestoredWork {
 }
 
 /// Everything the engine needs from the store at start.
-#[derive(Debug, Clone, Default)]
+///
+/// Open inquiries are added one at a time ([`Snapshot::add`]) and turned
+/// into the engine's compact form at once, so a large backlog is never
+/// held twice (as rows and as works), and the parsing of one row is freed
+/// before the next: no trail of freed memory stays behind between the
+/// works, which the allocator could not give back.
+#[derive(Debug, Default)]
 pub struct Snapshot {
-    pub works: Vec<RestoredWork>,
     /// `(associate, presence, since, idle_since)`.
     pub presence: Vec<(String, Presence, i64, Option<i64>)>,
     /// `(customer key, associate, last assigned at)`, newest last.
     pub sticky: Vec<(String, String, i64)>,
     pub max_offer_id: i64,
+    works: HashMap<i64, Work>,
+    shared: Shared,
+}
+
+impl Snapshot {
+    /// Adds one open inquiry as stored.
+    pub fn add(&mut self, r: RestoredWork) {
+        let mut work = self.shared.work(r.work);
+        work.responded = r.responded;
+        work.sla_breached = r.sla_breached;
+        for (who, expired) in r
+            .declined
+            .iter()
+            .map(|w| (w, false))
+            .chain(r.expired.iter().map(|w| (w, true)))
+        {
+            work.pass(&self.shared.interner.name(who), expired);
+        }
+        work.state = match (r.status, r.assignee, r.open_offer) {
+            (Status::Assigned, Some(a), _) => State::Assigned {
+                associate: self.shared.interner.name(&a),
+            },
+            (_, _, Some((offer_id, associate, expires_at))) => State::Offered {
+                offer_id,
+                associate: self.shared.interner.name(&associate),
+                expires_at,
+            },
+            _ => State::Waiting,
+        };
+        self.works.insert(work.id, work);
+    }
+
+    /// Records that `who` declined (or let expire, `expired`) an offer of
+    /// inquiry `id`, added before. Unknown inquiries are ignored.
+    pub fn passed(&mut self, id: i64, who: &str, expired: bool) {
+        let name = self.shared.interner.name(who);
+        if let Some(work) = self.works.get_mut(&id) {
+            work.pass(&name, expired);
+        }
+    }
+
+    /// Open inquiries added.
+    pub fn len(&self) -> usize {
+        self.works.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.works.is_empty()
+    }
+}
+
+/// What open inquiries share, interned: names, ladders, rule lists, and
+/// whole [`Profile`]s.
+#[derive(Debug, Default)]
+struct Shared {
+    interner: super::Interner,
+    profiles: std::collections::HashSet<Arc<Profile>>,
+}
+
+impl Shared {
+    /// The engine's compact form of `new`, its shared parts interned.
+    fn work(&mut self, mut new: NewWork) -> Work {
+        let mut req = std::mem::take(&mut new.requirements);
+        self.interner.requirements(&mut req);
+        let profile = Profile {
+            language: req.language,
+            queue: req.queue,
+            relaxation: req.relaxation,
+            rules: req.rules,
+        };
+        let profile = match self.profiles.get(&profile) {
+            Some(shared) => shared.clone(),
+            None => {
+                let profile = Arc::new(profile);
+                self.profiles.insert(profile.clone());
+                profile
+            }
+        };
+        let skills = req.skills.iter().map(|(s, l)| (s.clone(), l)).collect();
+        Work::from_parts(&new, skills, profile)
+    }
+
+    /// Drops the interned profile of a work that left, once nothing else
+    /// uses it: profiles come from the rules and are few, but a reload
+    /// may retire some.
+    fn forget(&mut self, work: Work) {
+        // One count is the set's, one `work`'s.
+        if Arc::strong_count(&work.profile) == 2 {
+            self.profiles.remove(&work.profile);
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -149,25 +245,128 @@ enum State {
     Waiting,
     Offered {
         offer_id: i64,
-        associate: String,
+        associate: Arc<str>,
         expires_at: i64,
     },
     Assigned {
-        associate: String,
+        associate: Arc<str>,
     },
 }
 
+/// One open inquiry as the engine holds it. Compact on purpose: a
+/// restarted daemon holds one per open inquiry (100,000 in the bench), so
+/// what many share is interned ([`Profile`], skill and associate names),
+/// the customer key is kept as a hash, and the rarely used lists of who
+/// passed on it live behind one pointer.
 #[derive(Debug, Clone)]
 struct Work {
-    new: NewWork,
+    id: i64,
+    waiting_since: i64,
+    sla_due: Option<i64>,
+    /// Hash of the customer key (see [`customer_hash`]), for sticky routing.
+    customer: Option<u64>,
+    /// Skill → minimum level, sorted by name; names interned.
+    skills: Box<[(Arc<str>, u8)]>,
+    profile: Arc<Profile>,
     state: State,
     /// Declined, timed out, or handed back: not offered again.
-    passed: Names,
-    expired: Names,
+    passed: Option<Box<Passed>>,
+    medium: Medium,
+    urgency: Urgency,
     responded: bool,
     sla_breached: bool,
     /// Index of the last relaxation step recorded as taken effect.
-    relaxed: usize,
+    relaxed: u8,
+}
+
+/// The parts of a requirement besides skills, which the rules give to
+/// many inquiries alike: interned, one copy per distinct profile.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct Profile {
+    language: Option<Arc<str>>,
+    queue: Option<Arc<str>>,
+    relaxation: Arc<[super::RelaxStep]>,
+    rules: Arc<[Arc<str>]>,
+}
+
+/// Who passed on an inquiry (declined, timed out, or handed it back), and
+/// of those whose offer expired.
+#[derive(Debug, Clone, Default)]
+struct Passed {
+    all: Names,
+    expired: Names,
+}
+
+impl Work {
+    fn from_parts(new: &NewWork, skills: Box<[(Arc<str>, u8)]>, profile: Arc<Profile>) -> Work {
+        Work {
+            id: new.id,
+            waiting_since: new.waiting_since,
+            sla_due: new.sla_due,
+            customer: new.customer_key.as_deref().map(customer_hash),
+            skills,
+            profile,
+            state: State::Waiting,
+            passed: None,
+            medium: new.medium,
+            urgency: new.urgency,
+            responded: false,
+            sla_breached: false,
+            relaxed: 0,
+        }
+    }
+
+    /// `new` as a work of its own, nothing interned: for one-off decisions.
+    fn transient(new: &NewWork) -> Work {
+        let req = &new.requirements;
+        let profile = Profile {
+            language: req.language.clone(),
+            queue: req.queue.clone(),
+            relaxation: req.relaxation.clone(),
+            rules: req.rules.clone(),
+        };
+        let skills = req.skills.iter().map(|(s, l)| (s.clone(), l)).collect();
+        Work::from_parts(new, skills, Arc::new(profile))
+    }
+
+    fn has_passed(&self, who: &str) -> bool {
+        self.passed.as_ref().is_some_and(|p| p.all.contains(who))
+    }
+
+    fn has_expired(&self, who: &str) -> bool {
+        self.passed
+            .as_ref()
+            .is_some_and(|p| p.expired.contains(who))
+    }
+
+    fn pass(&mut self, who: &Arc<str>, expired: bool) {
+        let p = self.passed.get_or_insert_with(Box::default);
+        p.all.insert(who.clone());
+        if expired {
+            p.expired.insert(who.clone());
+        }
+    }
+
+    /// The requirement as the rules gave it, for explanations.
+    fn skill_map(&self) -> BTreeMap<String, u8> {
+        self.skills
+            .iter()
+            .map(|(s, l)| (s.to_string(), *l))
+            .collect()
+    }
+}
+
+/// The customer key as the engine keeps it: a 64-bit hash, for the sticky
+/// lookup only. Two customers whose keys collide (odds below 1 in 10^9
+/// among 100,000 customers) would share a "previous associate"
+/// preference, never anything else.
+fn customer_hash(key: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    // SipHash with fixed keys: the same value for the same key in every
+    // run; the keys are not secret, and a collision only skews a ranking.
+    let mut h = std::hash::DefaultHasher::new();
+    key.hash(&mut h);
+    h.finish()
 }
 
 #[derive(Debug, Clone)]
@@ -181,23 +380,19 @@ struct Person {
 type QueueKey = (Urgency, i64, i64, i64);
 
 /// A short list of associate ids (who passed on an inquiry): a vector,
-/// since it is nearly always empty and an empty one costs no allocation.
+/// since it is nearly always empty or tiny.
 #[derive(Debug, Clone, Default)]
-struct Names(Vec<String>);
+struct Names(Vec<Arc<str>>);
 
 impl Names {
-    fn insert(&mut self, id: String) {
+    fn insert(&mut self, id: Arc<str>) {
         if !self.contains(&id) {
             self.0.push(id);
         }
     }
 
     fn contains(&self, id: &str) -> bool {
-        self.0.iter().any(|n| n == id)
-    }
-
-    fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.0.iter().any(|n| &**n == id)
     }
 }
 
@@ -265,13 +460,17 @@ pub struct Engine {
     free: [Bitset; 5],
     works: HashMap<i64, Work>,
     waiting: BTreeSet<QueueKey>,
-    timers: BTreeSet<(i64, Timer, i64, i64)>,
-    sticky: HashMap<String, (String, i64)>,
+    /// `(due, what, inquiry id)`. A stale offer timer (the offer ended)
+    /// is told apart by its due time, which the current offer's differs
+    /// from, or else the current offer is due then too.
+    timers: BTreeSet<(i64, Timer, i64)>,
+    /// Customer key hash → (associate, last assigned at).
+    sticky: HashMap<u64, (Arc<str>, i64)>,
     next_offer_id: i64,
     /// Presence of associates not (or no longer) in the roster, kept so a
     /// roster change that brings them back restores it.
     presence_by_id: HashMap<String, (Presence, i64)>,
-    interner: super::Interner,
+    shared: Shared,
 }
 
 impl Engine {
@@ -289,13 +488,13 @@ impl Engine {
             hours_of: Vec::new(),
             working: Bitset::new(0),
             free: Default::default(),
-            works: HashMap::new(),
+            works: snapshot.works,
             waiting: BTreeSet::new(),
             timers: BTreeSet::new(),
             sticky: HashMap::new(),
             next_offer_id: snapshot.max_offer_id + 1,
             presence_by_id: HashMap::new(),
-            interner: super::Interner::default(),
+            shared: snapshot.shared,
         };
         for (id, presence, _, idle) in snapshot.presence {
             engine
@@ -303,36 +502,20 @@ impl Engine {
                 .insert(id, (presence, idle.unwrap_or(0)));
         }
         for (customer, associate, at) in snapshot.sticky {
-            engine.sticky.insert(customer, (associate, at));
+            let associate = engine.shared.interner.name(&associate);
+            engine
+                .sticky
+                .insert(customer_hash(&customer), (associate, at));
         }
-        for mut r in snapshot.works {
-            engine.interner.requirements(&mut r.work.requirements);
-            let mut work = Work {
-                state: State::Waiting,
-                passed: Names(r.declined.iter().chain(&r.expired).cloned().collect()),
-                expired: Names(r.expired),
-                responded: r.responded,
-                sla_breached: r.sla_breached,
-                relaxed: 0,
-                new: r.work,
-            };
-            work.state = match (r.status, r.assignee, r.open_offer) {
-                (Status::Assigned, Some(a), _) => State::Assigned { associate: a },
-                (_, _, Some((offer_id, associate, expires_at))) => State::Offered {
-                    offer_id,
-                    associate,
-                    expires_at,
-                },
-                _ => State::Waiting,
-            };
-            let id = work.new.id;
-            work.relaxed = engine.effective(&work, now).steps_taken;
-            engine.schedule(&work, now);
+        let mut works = std::mem::take(&mut engine.works);
+        for work in works.values_mut() {
+            work.relaxed = steps(engine.effective(work, now).steps_taken);
+            engine.schedule(work, now);
             if matches!(work.state, State::Waiting) {
-                engine.waiting.insert(queue_key(&work.new));
+                engine.waiting.insert(queue_key(work));
             }
-            engine.works.insert(id, work);
         }
+        engine.works = works;
         engine.install_roster(roster, now);
         engine
     }
@@ -366,7 +549,7 @@ impl Engine {
             .values()
             .filter_map(|w| match &w.state {
                 State::Offered { associate, .. } if self.roster.index_of(associate).is_none() => {
-                    Some(w.new.id)
+                    Some(w.id)
                 }
                 _ => None,
             })
@@ -456,7 +639,7 @@ impl Engine {
         }
         self.roster = roster;
         for w in self.works.values() {
-            let m = medium_index(w.new.medium);
+            let m = medium_index(w.medium);
             match &w.state {
                 State::Assigned { associate } => {
                     if let Some(i) = self.roster.index_of(associate) {
@@ -501,24 +684,15 @@ impl Engine {
     // ----- commands -------------------------------------------------------
 
     /// Routes a newly committed inquiry.
-    pub fn add(&mut self, mut new: NewWork, now: i64) -> Vec<Effect> {
+    pub fn add(&mut self, new: NewWork, now: i64) -> Vec<Effect> {
         let mut effects = Vec::new();
         if self.works.contains_key(&new.id) {
             return effects;
         }
-        self.interner.requirements(&mut new.requirements);
         let id = new.id;
-        let work = Work {
-            new,
-            state: State::Waiting,
-            passed: Names::default(),
-            expired: Names::default(),
-            responded: false,
-            sla_breached: false,
-            relaxed: 0,
-        };
-        if let Some(due) = work.new.sla_due {
-            self.timers.insert((due, Timer::Sla, id, 0));
+        let work = self.shared.work(new);
+        if let Some(due) = work.sla_due {
+            self.timers.insert((due, Timer::Sla, id));
         }
         self.works.insert(id, work);
         self.route(id, now, &mut effects);
@@ -532,13 +706,13 @@ impl Engine {
                 associate,
                 expires_at,
                 ..
-            } if associate == who => {
+            } if **associate == *who => {
                 if *expires_at <= now {
                     return Err(RoutingError::OfferExpired);
                 }
             }
-            State::Assigned { associate } if associate == who => return Ok(Vec::new()),
-            _ if work.expired.contains(who) => return Err(RoutingError::OfferExpired),
+            State::Assigned { associate } if **associate == *who => return Ok(Vec::new()),
+            _ if work.has_expired(who) => return Err(RoutingError::OfferExpired),
             _ => return Err(RoutingError::NotYours),
         }
         let mut effects = Vec::new();
@@ -550,8 +724,8 @@ impl Engine {
     pub fn decline(&mut self, id: i64, who: &str, now: i64) -> Result<Vec<Effect>, RoutingError> {
         let work = self.works.get(&id).ok_or(RoutingError::NotOpen)?;
         match &work.state {
-            State::Offered { associate, .. } if associate == who => {}
-            _ if work.expired.contains(who) => return Err(RoutingError::OfferExpired),
+            State::Offered { associate, .. } if **associate == *who => {}
+            _ if work.has_expired(who) => return Err(RoutingError::OfferExpired),
             _ => return Err(RoutingError::NotYours),
         }
         let mut effects = Vec::new();
@@ -574,10 +748,11 @@ impl Engine {
         let mut effects = Vec::new();
         self.close_offer(id, OfferState::Withdrawn, now, &mut effects);
         let work = self.works.remove(&id).expect("checked above");
-        self.waiting.remove(&queue_key(&work.new));
+        self.waiting.remove(&queue_key(&work));
         if let Some(a) = &holder {
-            self.release(a, work.new.medium);
+            self.release(a, work.medium);
         }
+        self.shared.forget(work);
         effects.push(Effect::Status {
             inquiry_id: id,
             status: Status::Resolved,
@@ -600,7 +775,7 @@ impl Engine {
     fn checked_holder(&self, id: i64, who: Option<&str>) -> Result<Option<String>, RoutingError> {
         let work = self.works.get(&id).ok_or(RoutingError::NotOpen)?;
         let holder = match &work.state {
-            State::Assigned { associate } => Some(associate.clone()),
+            State::Assigned { associate } => Some(associate.to_string()),
             _ => None,
         };
         match who {
@@ -619,7 +794,7 @@ impl Engine {
         now: i64,
     ) -> Result<Vec<Effect>, RoutingError> {
         let holder = self.checked_holder(id, who)?;
-        let medium = self.works[&id].new.medium;
+        let medium = self.works[&id].medium;
         let target = match to {
             Some(t) => {
                 let i = self
@@ -651,11 +826,8 @@ impl Engine {
         self.close_offer(id, OfferState::Withdrawn, now, &mut effects);
         if let Some(a) = &holder {
             self.release(a, medium);
-            self.works
-                .get_mut(&id)
-                .expect("checked")
-                .passed
-                .insert(a.clone());
+            let a = self.shared.interner.name(a);
+            self.works.get_mut(&id).expect("checked").pass(&a, false);
         }
         effects.push(Effect::Event {
             inquiry_id: id,
@@ -669,7 +841,7 @@ impl Engine {
             None => {
                 let work = self.works.get_mut(&id).expect("checked");
                 work.state = State::Waiting;
-                work.new.waiting_since = now;
+                work.waiting_since = now;
                 work.relaxed = 0;
                 self.route(id, now, &mut effects);
             }
@@ -702,9 +874,9 @@ impl Engine {
                 .works
                 .values()
                 .filter(
-                    |w| matches!(&w.state, State::Offered { associate, .. } if associate == who),
+                    |w| matches!(&w.state, State::Offered { associate, .. } if **associate == *who),
                 )
-                .map(|w| w.new.id)
+                .map(|w| w.id)
                 .collect();
             for id in theirs {
                 self.close_offer(id, OfferState::Withdrawn, now, &mut effects);
@@ -732,9 +904,9 @@ impl Engine {
             }
             fired += 1;
             self.timers.pop_first();
-            let (_, timer, id, offer) = first;
+            let (due, timer, id) = first;
             match timer {
-                Timer::OfferExpiry => self.expire(id, offer, now, &mut effects),
+                Timer::OfferExpiry => self.expire(id, due, now, &mut effects),
                 Timer::Relax => {
                     if self
                         .works
@@ -780,30 +952,13 @@ impl Engine {
     /// Decides for one inquiry without changing anything (`switchboard
     /// route`, and the bench). Uses the fast path.
     pub fn decide(&self, new: &NewWork, now: i64) -> Decision {
-        let work = Work {
-            new: new.clone(),
-            state: State::Waiting,
-            passed: Names::default(),
-            expired: Names::default(),
-            responded: false,
-            sla_breached: false,
-            relaxed: 0,
-        };
-        self.decision(&work, now)
+        self.decision(&Work::transient(new), now)
     }
 
     /// The same decision by checking every associate one by one: the
     /// baseline the bench compares against, and a cross-check in tests.
     pub fn decide_naive(&self, new: &NewWork, now: i64) -> Option<String> {
-        let work = Work {
-            new: new.clone(),
-            state: State::Waiting,
-            passed: Names::default(),
-            expired: Names::default(),
-            responded: false,
-            sla_breached: false,
-            relaxed: 0,
-        };
+        let work = Work::transient(new);
         let eff = self.effective(&work, now);
         let mut best: Option<Scored> = None;
         for i in 0..self.roster.associates.len() {
@@ -827,12 +982,12 @@ impl Engine {
             .map(|w| {
                 let eff = self.effective(w, now);
                 json!({
-                    "inquiry": Reference::from_id(w.new.id),
-                    "urgency": w.new.urgency,
-                    "medium": w.new.medium,
-                    "waiting_secs": (now - w.new.waiting_since).max(0) / 1000,
-                    "sla_due_at": w.new.sla_due.map(ms_to_rfc3339),
-                    "sla_secs_left": w.new.sla_due.map(|d| (d - now) / 1000),
+                    "inquiry": Reference::from_id(w.id),
+                    "urgency": w.urgency,
+                    "medium": w.medium,
+                    "waiting_secs": (now - w.waiting_since).max(0) / 1000,
+                    "sla_due_at": w.sla_due.map(ms_to_rfc3339),
+                    "sla_secs_left": w.sla_due.map(|d| (d - now) / 1000),
                     "sla_breached": w.sla_breached,
                     "requirements": { "skills": eff.skills, "language": eff.language, "queue": eff.queue },
                     "relaxation_step": eff.step,
@@ -875,9 +1030,7 @@ impl Engine {
                     associate,
                     expires_at,
                     ..
-                } if associate == who => {
-                    Some((Reference::from_id(w.new.id).0, w.new.id, *expires_at))
-                }
+                } if **associate == *who => Some((Reference::from_id(w.id).0, w.id, *expires_at)),
                 _ => None,
             })
             .collect();
@@ -891,8 +1044,8 @@ impl Engine {
             .works
             .values()
             .filter_map(|w| match &w.state {
-                State::Assigned { associate } if associate == who => {
-                    Some((Reference::from_id(w.new.id).0, w.new.id))
+                State::Assigned { associate } if **associate == *who => {
+                    Some((Reference::from_id(w.id).0, w.id))
                 }
                 _ => None,
             })
@@ -904,7 +1057,7 @@ impl Engine {
     /// Who holds or is offered inquiry `id`, if anyone.
     pub fn holder(&self, id: i64) -> Option<&str> {
         match &self.works.get(&id)?.state {
-            State::Offered { associate, .. } | State::Assigned { associate } => Some(associate),
+            State::Offered { associate, .. } | State::Assigned { associate } => Some(&**associate),
             State::Waiting => None,
         }
     }
@@ -927,9 +1080,9 @@ impl Engine {
         let found = self.find(work, now);
         let winner = self.winner(&found);
         let eff = &found.eff;
-        let was_waiting_since = work.new.waiting_since;
-        let already_queued = self.waiting.contains(&queue_key(&work.new));
-        if eff.steps_taken > work.relaxed {
+        let was_waiting_since = work.waiting_since;
+        let already_queued = self.waiting.contains(&queue_key(work));
+        if steps(eff.steps_taken) > work.relaxed {
             effects.push(Effect::Event {
                 inquiry_id: id,
                 kind: "relaxed",
@@ -937,12 +1090,12 @@ impl Engine {
                     "step": eff.step, "skills": eff.skills, "language": eff.language, "queue": eff.queue,
                 }),
             });
-            self.works.get_mut(&id).expect("present").relaxed = eff.steps_taken;
+            self.works.get_mut(&id).expect("present").relaxed = steps(eff.steps_taken);
         }
         match winner {
             Some(winner) => {
                 let explanation = self.explain(&self.works[&id], now, &found);
-                let key = queue_key(&self.works[&id].new);
+                let key = queue_key(&self.works[&id]);
                 self.waiting.remove(&key);
                 self.offer(id, &winner, explanation, now, effects);
             }
@@ -953,7 +1106,7 @@ impl Engine {
                     let explanation = self.explain(&self.works[&id], now, &found);
                     let work = self.works.get_mut(&id).expect("present");
                     work.state = State::Waiting;
-                    self.waiting.insert(queue_key(&work.new));
+                    self.waiting.insert(queue_key(work));
                     effects.push(Effect::Status {
                         inquiry_id: id,
                         status: Status::Open,
@@ -968,7 +1121,7 @@ impl Engine {
                 }
                 let work = &self.works[&id];
                 if let Some(at) = self.next_relax_at(work, now) {
-                    self.timers.insert((at, Timer::Relax, id, 0));
+                    self.timers.insert((at, Timer::Relax, id));
                 }
             }
         }
@@ -985,19 +1138,19 @@ impl Engine {
         let i = self.roster.index_of(who).expect("winner is in the roster");
         let offer_id = self.next_offer_id;
         self.next_offer_id += 1;
+        let associate = self.shared.interner.name(who);
         let work = self.works.get_mut(&id).expect("present");
-        let timeout = self.config.offer_timeout.get(work.new.urgency);
+        let timeout = self.config.offer_timeout.get(work.urgency);
         let expires_at = now + timeout.as_millis() as i64;
         work.state = State::Offered {
             offer_id,
-            associate: who.to_owned(),
+            associate,
             expires_at,
         };
-        let m = medium_index(work.new.medium);
+        let m = medium_index(work.medium);
         self.people[i].offered[m] += 1;
         self.refresh_free(i);
-        self.timers
-            .insert((expires_at, Timer::OfferExpiry, id, offer_id));
+        self.timers.insert((expires_at, Timer::OfferExpiry, id));
         effects.push(Effect::Offer {
             offer_id,
             inquiry_id: id,
@@ -1044,16 +1197,11 @@ impl Engine {
         };
         work.state = State::Waiting;
         match state {
-            OfferState::Declined => {
-                work.passed.insert(associate.clone());
-            }
-            OfferState::Expired => {
-                work.passed.insert(associate.clone());
-                work.expired.insert(associate.clone());
-            }
+            OfferState::Declined => work.pass(&associate, false),
+            OfferState::Expired => work.pass(&associate, true),
             OfferState::Accepted | OfferState::Withdrawn => {}
         }
-        let m = medium_index(work.new.medium);
+        let m = medium_index(work.medium);
         if let Some(i) = self.roster.index_of(&associate) {
             self.people[i].offered[m] = self.people[i].offered[m].saturating_sub(1);
             self.refresh_free(i);
@@ -1084,21 +1232,22 @@ impl Engine {
         now: i64,
         effects: &mut Vec<Effect>,
     ) {
+        let associate = self.shared.interner.name(who);
         let work = self.works.get_mut(&id).expect("present");
         work.state = State::Assigned {
-            associate: who.to_owned(),
+            associate: associate.clone(),
         };
-        let m = medium_index(work.new.medium);
+        let m = medium_index(work.medium);
         let first = !work.responded;
         work.responded = true;
-        let customer = work.new.customer_key.clone();
+        let customer = work.customer;
         if let Some(i) = self.roster.index_of(who) {
             self.people[i].load[m] += 1;
             self.people[i].idle_since = now;
             self.refresh_free(i);
         }
         if let Some(c) = customer {
-            self.sticky.insert(c, (who.to_owned(), now));
+            self.sticky.insert(c, (associate, now));
         }
         effects.push(Effect::Status {
             inquiry_id: id,
@@ -1144,19 +1293,20 @@ impl Engine {
         }
     }
 
-    fn expire(&mut self, id: i64, offer: i64, now: i64, effects: &mut Vec<Effect>) {
+    /// Expires the offer of `id` due at `due`, if it is still open.
+    fn expire(&mut self, id: i64, due: i64, now: i64, effects: &mut Vec<Effect>) {
         let Some(work) = self.works.get(&id) else {
             return;
         };
         let State::Offered {
-            offer_id,
+            expires_at,
             associate,
             ..
         } = &work.state
         else {
             return;
         };
-        if *offer_id != offer {
+        if *expires_at != due {
             return;
         }
         let associate = associate.clone();
@@ -1173,15 +1323,15 @@ impl Engine {
             return;
         }
         work.sla_breached = true;
-        metrics::counter!("switchboard_sla_breaches_total", "urgency" => work.new.urgency.as_str())
+        metrics::counter!("switchboard_sla_breaches_total", "urgency" => work.urgency.as_str())
             .increment(1);
         effects.push(Effect::SlaBreached { inquiry_id: id });
         effects.push(Effect::Event {
             inquiry_id: id,
             kind: "sla_breached",
             detail: json!({
-                "due_at": work.new.sla_due.map(ms_to_rfc3339),
-                "urgency": work.new.urgency,
+                "due_at": work.sla_due.map(ms_to_rfc3339),
+                "urgency": work.urgency,
                 "at": ms_to_rfc3339(now),
             }),
         });
@@ -1213,7 +1363,7 @@ impl Engine {
                 return;
             };
             let work = &self.works[&id];
-            self.waiting.remove(&queue_key(&work.new));
+            self.waiting.remove(&queue_key(work));
             let mut explanation = self.decision(work, now).explanation;
             explanation["backfill"] = json!(self.roster.associates[i].id);
             explanation["winner"] = json!(self.roster.associates[i].id);
@@ -1223,44 +1373,37 @@ impl Engine {
     }
 
     fn schedule(&mut self, work: &Work, now: i64) {
-        let id = work.new.id;
-        if let State::Offered {
-            offer_id,
-            expires_at,
-            ..
-        } = &work.state
-        {
-            self.timers
-                .insert((*expires_at, Timer::OfferExpiry, id, *offer_id));
+        let id = work.id;
+        if let State::Offered { expires_at, .. } = &work.state {
+            self.timers.insert((*expires_at, Timer::OfferExpiry, id));
         }
-        if let Some(due) = work.new.sla_due
+        if let Some(due) = work.sla_due
             && !work.responded
             && !work.sla_breached
         {
-            self.timers.insert((due, Timer::Sla, id, 0));
+            self.timers.insert((due, Timer::Sla, id));
         }
         if matches!(work.state, State::Waiting) {
             // Retried at once after a restart, then at each step.
-            self.timers.insert((now, Timer::Relax, id, 0));
+            self.timers.insert((now, Timer::Relax, id));
         }
     }
 
     fn next_relax_at(&self, work: &Work, now: i64) -> Option<i64> {
-        work.new
-            .requirements
+        work.profile
             .relaxation
             .iter()
-            .map(|s| work.new.waiting_since + s.after.as_millis() as i64)
+            .map(|s| work.waiting_since + s.after.as_millis() as i64)
             .filter(|&at| at > now)
             .min()
     }
 
     fn effective(&self, work: &Work, now: i64) -> Effective {
-        let req = &work.new.requirements;
+        let profile = &work.profile;
         let mut eff = Effective {
-            skills: req.skills.to_map(),
-            language: req.language.as_deref().map(str::to_owned),
-            queue: req.queue.as_deref().map(str::to_owned),
+            skills: work.skill_map(),
+            language: profile.language.as_deref().map(str::to_owned),
+            queue: profile.queue.as_deref().map(str::to_owned),
             step: None,
             steps_taken: 0,
         };
@@ -1288,9 +1431,8 @@ impl Engine {
 
     /// The latest relaxation step `work` has reached, with its index.
     fn reached<'w>(&self, work: &'w Work, now: i64) -> Option<(usize, &'w super::RelaxStep)> {
-        let waited = now - work.new.waiting_since;
-        work.new
-            .requirements
+        let waited = now - work.waiting_since;
+        work.profile
             .relaxation
             .iter()
             .enumerate()
@@ -1302,8 +1444,8 @@ impl Engine {
     /// asks it of every waiting inquiry.
     fn qualifies(&self, i: usize, work: &Work, now: i64) -> bool {
         let a = &self.roster.associates[i];
-        let req = &work.new.requirements;
-        if !self.free[medium_index(work.new.medium)].contains(i) {
+        let req = &*work.profile;
+        if !self.free[medium_index(work.medium)].contains(i) {
             return false;
         }
         if let Some(q) = &req.queue
@@ -1314,7 +1456,7 @@ impl Engine {
         let step = self.reached(work, now).map(|(_, s)| s);
         if !step.is_some_and(|s| s.drop_skills) {
             let lower = step.map_or(0, |s| s.lower_skill_levels);
-            for (skill, min) in req.skills.iter() {
+            for (skill, min) in work.skills.iter() {
                 let need = min.saturating_sub(lower).max(1);
                 if self.level(i, skill) < need {
                     return false;
@@ -1327,7 +1469,7 @@ impl Engine {
         {
             return false;
         }
-        work.passed.is_empty() || !work.passed.contains(&a.id)
+        !work.has_passed(&a.id)
     }
 
     fn level(&self, i: usize, skill: &str) -> u8 {
@@ -1342,7 +1484,7 @@ impl Engine {
     fn exclusion(&self, i: usize, work: &Work, eff: &Effective, now: i64) -> Option<String> {
         let a = &self.roster.associates[i];
         let p = &self.people[i];
-        let medium = work.new.medium;
+        let medium = work.medium;
         let m = medium_index(medium);
         if p.presence != Presence::Available {
             return Some(p.presence.as_str().to_owned());
@@ -1369,7 +1511,7 @@ impl Engine {
         if p.load[m] + p.offered[m] >= a.capacity.get(medium) {
             return Some(format!("no spare {} capacity", medium.as_str()));
         }
-        if work.passed.contains(&a.id) {
+        if work.has_passed(&a.id) {
             return Some("already passed on this inquiry".into());
         }
         None
@@ -1378,7 +1520,7 @@ impl Engine {
     /// The customer's previous associate, if still within the window.
     fn sticky_for(&self, work: &Work, now: i64) -> Option<usize> {
         let window = self.config.sticky_window.as_millis() as i64;
-        let (who, at) = self.sticky.get(work.new.customer_key.as_ref()?)?;
+        let (who, at) = self.sticky.get(&work.customer?)?;
         (now - at <= window).then(|| self.roster.index_of(who))?
     }
 
@@ -1397,7 +1539,7 @@ impl Engine {
         let a = &self.roster.associates[i];
         let p = &self.people[i];
         let w = &self.config.weights;
-        let m = medium_index(work.new.medium);
+        let m = medium_index(work.medium);
         let sticky = sticky == Some(i);
         let skill_fit = if eff.skills.is_empty() {
             0.0
@@ -1408,7 +1550,7 @@ impl Engine {
                 .sum::<f64>()
                 / eff.skills.len() as f64
         };
-        let cap = f64::from(a.capacity.get(work.new.medium).max(1));
+        let cap = f64::from(a.capacity.get(work.medium).max(1));
         let load = f64::from(p.load[m] + p.offered[m]) / cap;
         let idle_secs = (now - p.idle_since).max(0) / 1000;
         let idle = (idle_secs as f64 / 3600.0).min(1.0);
@@ -1430,11 +1572,11 @@ impl Engine {
     /// each filter for the explanation.
     fn eligible(&self, work: &Work, eff: &Effective) -> (Bitset, Vec<(String, usize)>) {
         let n = self.roster.associates.len();
-        let m = medium_index(work.new.medium);
+        let m = medium_index(work.medium);
         let mut stages = vec![("roster".to_owned(), n)];
         let mut set = self.free[m].clone();
         stages.push((
-            format!("available with {} capacity", work.new.medium.as_str()),
+            format!("available with {} capacity", work.medium.as_str()),
             set.count(),
         ));
         if let Some(q) = &eff.queue {
@@ -1481,7 +1623,7 @@ impl Engine {
                     continue;
                 }
             }
-            if !work.passed.is_empty() && work.passed.contains(&self.roster.associates[i].id) {
+            if work.has_passed(&self.roster.associates[i].id) {
                 continue;
             }
             eligible += 1;
@@ -1531,9 +1673,9 @@ impl Engine {
             })
             .collect();
         let mut explanation = json!({
-            "rules": work.new.requirements.rules,
-            "urgency": work.new.urgency,
-            "medium": work.new.medium,
+            "rules": work.profile.rules,
+            "urgency": work.urgency,
+            "medium": work.medium,
             "requirements": { "skills": eff.skills, "language": eff.language, "queue": eff.queue },
             "relaxation_step": eff.step,
             "weights": self.config.weights,
@@ -1593,13 +1735,18 @@ fn better(a: &Scored, b: &Scored, people: &[Person]) -> bool {
     a.index < b.index
 }
 
-fn queue_key(w: &NewWork) -> QueueKey {
+fn queue_key(w: &Work) -> QueueKey {
     (
         w.urgency,
         w.sla_due.unwrap_or(i64::MAX),
         w.waiting_since,
         w.id,
     )
+}
+
+/// A count of relaxation steps as a work keeps it.
+fn steps(n: usize) -> u8 {
+    u8::try_from(n).unwrap_or(u8::MAX)
 }
 
 fn utc(ms: i64) -> DateTime<Utc> {
@@ -1921,6 +2068,65 @@ mod tests {
         // Those who handed it on are not offered it again.
         let fx = e.transfer(1, Some("ben"), None, None, 4).unwrap();
         assert_eq!(offered_to(&fx), vec![(1, "cem".into())]);
+    }
+
+    #[test]
+    fn a_stale_offer_timer_never_expires_a_later_offer() {
+        let mut e = engine(vec![
+            person("anna", &[], &["en"], 2),
+            person("ben", &[], &["en"], 2),
+        ]);
+        let timeout = RoutingConfig::default().offer_timeout.normal.as_millis() as i64;
+        e.add(work(1, &[], Medium::Chat), 0);
+        assert_eq!(e.holder(1), Some("anna"));
+        e.accept(1, "anna", 1).unwrap();
+        // Back to the queue and offered again later: the first offer's
+        // timer is still set, the new offer is due later.
+        let fx = e.transfer(1, None, None, None, 10).unwrap();
+        assert_eq!(offered_to(&fx), vec![(1, "ben".into())]);
+        assert!(
+            e.tick(timeout).is_empty(),
+            "the first offer's timer is stale"
+        );
+        assert_eq!(e.holder(1), Some("ben"));
+        let fx = e.tick(10 + timeout);
+        assert!(event(&fx, "offer_expired").is_some());
+        // Declined and re-offered in the same millisecond: one timer for both,
+        // due when the current offer is.
+        e.add(work(2, &[], Medium::Chat), 20);
+        let first = e.holder(2).unwrap().to_owned();
+        e.decline(2, &first, 20).unwrap();
+        let second = e.holder(2).map(str::to_owned);
+        assert_ne!(second.as_deref(), Some(first.as_str()));
+        let fx = e.tick(20 + timeout);
+        assert_eq!(second.is_some(), event(&fx, "offer_expired").is_some());
+    }
+
+    #[test]
+    fn profiles_are_shared_and_dropped_with_the_last_inquiry() {
+        let mut e = engine(vec![person("anna", &[("billing", 3)], &["en"], 5)]);
+        let with_language = |id| {
+            let mut w = work(id, &[("billing", 2)], Medium::Chat);
+            w.requirements.language = Some("en".into());
+            w.customer_key = Some(format!("email:c{id}@example.org"));
+            w
+        };
+        e.add(with_language(1), 0);
+        e.add(with_language(2), 0);
+        e.add(work(3, &[], Medium::Chat), 0);
+        assert_eq!(e.shared.profiles.len(), 2);
+        let shared = |e: &Engine| Arc::ptr_eq(&e.works[&1].profile, &e.works[&2].profile);
+        assert!(shared(&e));
+        assert!(Arc::ptr_eq(
+            &e.works[&1].skills[0].0,
+            &e.works[&2].skills[0].0
+        ));
+        e.resolve(1, None, None, 1).unwrap();
+        assert_eq!(e.shared.profiles.len(), 2, "inquiry 2 still uses it");
+        e.resolve(2, None, None, 1).unwrap();
+        assert_eq!(e.shared.profiles.len(), 1);
+        e.resolve(3, None, None, 1).unwrap();
+        assert!(e.shared.profiles.is_empty());
     }
 
     #[test]

@@ -248,6 +248,18 @@ impl Interner {
         }
     }
 
+    /// The shared copy of `s` (associate ids, customer-independent names).
+    pub(crate) fn name(&mut self, s: &str) -> Arc<str> {
+        match self.strings.get(s) {
+            Some(shared) => shared.clone(),
+            None => {
+                let shared: Arc<str> = Arc::from(s);
+                self.strings.insert(shared.clone());
+                shared
+            }
+        }
+    }
+
     fn list(&mut self, list: &mut Arc<[Arc<str>]>) {
         if let Some(shared) = self.lists.get(list) {
             *list = shared.clone();

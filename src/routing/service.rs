@@ -92,8 +92,11 @@ impl Router {
     ) -> Result<(Router, tokio::task::JoinHandle<()>), StoreError> {
         let now = now_ms();
         let snapshot = store.routing_snapshot(config.sticky_window).await?;
-        let open = snapshot.works.len();
+        let open = snapshot.len();
         let engine = Engine::new(config, roster, snapshot, now);
+        // The snapshot's rows and strings are gone; what they took stays
+        // resident unless handed back.
+        crate::alloc::release_free_memory();
         tracing::info!(open, "router started");
         let (tx, rx) = mpsc::unbounded_channel();
         let task = tokio::spawn(run(engine, store, rx, shutdown));
@@ -183,6 +186,10 @@ async fn run(
 ) {
     let mut rescan = tokio::time::interval(engine.config().rescan_interval);
     rescan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // After a restart every waiting inquiry is retried at once, in bounded
+    // rounds; once that backlog is worked off, the memory its decisions
+    // and their explanations took is handed back to the system.
+    let mut catching_up = engine.next_deadline().is_some_and(|at| at <= now_ms());
     loop {
         let wait = engine
             .next_deadline()
@@ -286,6 +293,11 @@ async fn run(
         }
         for (f, reply) in queries {
             let _ = reply.send(f(&engine));
+        }
+        if catching_up && engine.next_deadline().is_none_or(|at| at > now_ms()) {
+            catching_up = false;
+            crate::alloc::release_free_memory();
+            tracing::debug!("router caught up with the restored backlog");
         }
     }
     tracing::debug!("router stopped");

@@ -182,6 +182,7 @@ impl Store {
             .synchronous(SqliteSynchronous::Full)
             .foreign_keys(true)
             .busy_timeout(Duration::from_secs(10))
+            .pragma("cache_size", format!("-{}", config.read_cache_kib))
             .log_statements(tracing::log::LevelFilter::Trace);
         if let Some(dir) = options.get_filename().parent()
             && !dir.as_os_str().is_empty()
@@ -203,6 +204,7 @@ impl Store {
             options.get_filename(),
             rx,
             config.max_batch,
+            config.cache_kib,
             outbox_wake.clone(),
             in_flight.clone(),
         )?;
@@ -408,6 +410,7 @@ mod tests {
         let config = StoreConfig {
             url: format!("sqlite://{}/db.sqlite", dir.path().display()),
             max_batch: 64,
+            ..StoreConfig::default()
         };
         (dir, Store::open(&config).await.unwrap())
     }
@@ -513,6 +516,7 @@ mod tests {
         let config = StoreConfig {
             url: format!("sqlite://{}/db.sqlite", dir.path().display()),
             max_batch: 64,
+            ..StoreConfig::default()
         };
         let store = Store::open(&config).await.unwrap();
         let again = store.intake(message("a", None)).await.unwrap();

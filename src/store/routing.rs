@@ -121,7 +121,8 @@ pub(super) async fn snapshot(
     now: i64,
 ) -> Result<Snapshot, StoreError> {
     let mut snapshot = Snapshot::default();
-    // Streamed: a large backlog is never held twice (rows and works).
+    // Streamed, and each row compacted as it comes: a large backlog is
+    // never held twice (rows and works).
     let mut rows = sqlx::query(
         "SELECT i.id, i.reference, i.medium, i.urgency, i.customer_key, i.requirements, i.sla_due_at, \
          COALESCE(i.waiting_since, i.created_at), i.status, i.assignee, i.first_response_at, i.sla_breached, \
@@ -141,7 +142,7 @@ pub(super) async fn snapshot(
             None => Requirements::default(),
         };
         let offer_id: Option<i64> = r.get(12);
-        snapshot.works.push(RestoredWork {
+        snapshot.add(RestoredWork {
             work: NewWork {
                 id,
                 medium,
@@ -166,21 +167,9 @@ pub(super) async fn snapshot(
     )
     .fetch_all(pool)
     .await?;
-    let by_id: std::collections::HashMap<i64, usize> = snapshot
-        .works
-        .iter()
-        .enumerate()
-        .map(|(k, w)| (w.work.id, k))
-        .collect();
     for r in passed {
-        if let Some(&k) = by_id.get(&r.get::<i64, _>(0)) {
-            let who: String = r.get(1);
-            if r.get::<String, _>(2) == "expired" {
-                snapshot.works[k].expired.push(who);
-            } else {
-                snapshot.works[k].declined.push(who);
-            }
-        }
+        let who: String = r.get(1);
+        snapshot.passed(r.get(0), &who, r.get::<String, _>(2) == "expired");
     }
     for r in sqlx::query("SELECT associate_id, presence, since, idle_since FROM presence")
         .fetch_all(pool)

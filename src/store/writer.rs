@@ -81,6 +81,7 @@ pub(super) fn spawn(
     path: &Path,
     rx: mpsc::Receiver<Job>,
     max_batch: usize,
+    cache_kib: u32,
     outbox_wake: Arc<Notify>,
     in_flight: Arc<Mutex<HashSet<i64>>>,
 ) -> Result<oneshot::Receiver<()>, StoreError> {
@@ -94,7 +95,9 @@ pub(super) fn spawn(
     // Checkpoints run on their own thread (see `checkpointer`), so commits
     // only append to the WAL; this is a backstop should that thread fall behind.
     conn.pragma_update(None, "wal_autocheckpoint", 20_000)?;
-    conn.pragma_update(None, "cache_size", -32_768)?;
+    // Negative: KiB. Intake touches the tail of each table and index; the
+    // cache need not hold the database (`store.cache_kib`).
+    conn.pragma_update(None, "cache_size", -i64::from(cache_kib))?;
     conn.set_prepared_statement_cache_capacity(64);
     let last_id: i64 = conn.query_row("SELECT COALESCE(MAX(id), 0) FROM inquiries", [], |r| {
         r.get(0)
