@@ -283,6 +283,7 @@ async fn run(
                     Ok(snapshot) => {
                         let roster = engine.roster().clone();
                         engine = Engine::new(engine.config().clone(), roster, snapshot, now_ms());
+                        catching_up = true;
                     }
                     Err(e) => {
                         tracing::error!(error = %e, "cannot reload routing state; router stops");
