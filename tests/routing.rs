@@ -483,7 +483,16 @@ async fn transfer_moves_work_and_notifies_by_webhook() {
         events(&detail, "transferred")[0]["detail"]["note"],
         "fraud specialist"
     );
-    assert!(event_kinds(&detail).iter().any(|k| k == "notified"));
+    // The delivery is recorded once the webhook has answered: a moment
+    // after the hook saw it.
+    eventually(Duration::from_secs(10), "the notified event", || async {
+        let detail = desk.detail(&r).await;
+        event_kinds(&detail)
+            .iter()
+            .any(|k| k == "notified")
+            .then_some(())
+    })
+    .await;
 }
 
 #[tokio::test]
