@@ -1623,7 +1623,8 @@ impl Engine {
                     continue;
                 }
             }
-            if work.has_passed(&self.roster.associates[i].id) {
+            // Checked first: the id is another cache line per candidate.
+            if work.passed.is_some() && work.has_passed(&self.roster.associates[i].id) {
                 continue;
             }
             eligible += 1;
