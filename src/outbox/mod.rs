@@ -20,8 +20,13 @@ use tokio_util::sync::CancellationToken;
 
 use crate::channels::{DeliveryError, Outbound};
 use crate::config::{OutboxConfig, Settings};
-use crate::store::{DeliveryRecord, DeliveryResult, OutboxEntry, Store};
+use crate::store::{DeliveryRecord, DeliveryResult, OutboxEntry, Store, StoreError};
 use crate::templates::{AckContext, DEFAULT_ACK};
+
+/// A claim of due entries on its way through the store's writer.
+type ClaimFuture = std::pin::Pin<
+    Box<dyn std::future::Future<Output = Result<Vec<OutboxEntry>, StoreError>> + Send>,
+>;
 
 /// Delivers due outbox entries until shut down.
 pub struct Dispatcher {
@@ -48,30 +53,31 @@ impl Dispatcher {
     /// (the caller bounds how long it waits).
     ///
     /// Entries are claimed ahead, up to twice the concurrency, so a slot
-    /// freed by a finished delivery is refilled at once instead of waiting
-    /// for a claim to pass through the store's writer.
+    /// freed by a finished delivery is refilled at once from what is
+    /// already claimed. The claim itself runs beside the deliveries (one
+    /// at a time): the loop never waits for the store's writer while
+    /// deliveries finish, and every finished delivery is reaped before the
+    /// next claim is sized, so claims come in chunks rather than one entry
+    /// per writer round trip.
     pub async fn run(self, shutdown: CancellationToken) {
         let this = Arc::new(self);
         let wake = this.store.outbox_wake();
         let mut in_flight = JoinSet::new();
         let mut queued: VecDeque<OutboxEntry> = VecDeque::new();
+        // The claim under way, and how many entries it asked for.
+        let mut claiming: Option<(usize, ClaimFuture)> = None;
         // Whether the outbox may hold due entries we have not claimed.
         let mut maybe_more = true;
+        let mut next_poll = tokio::time::Instant::now();
         loop {
+            // Reap every finished delivery, not just the one that woke us.
+            while in_flight.try_join_next().is_some() {}
             let config = this.settings.load().outbox.clone();
-            let backlog = in_flight.len() + queued.len();
-            if maybe_more && queued.len() < config.concurrency {
-                let want = (config.concurrency * 2).saturating_sub(backlog);
-                match this.store.claim_due(want).await {
-                    Ok(entries) => {
-                        maybe_more = entries.len() == want;
-                        queued.extend(entries);
-                    }
-                    Err(e) => {
-                        maybe_more = false;
-                        tracing::warn!(error = %e, "cannot read the outbox");
-                    }
-                }
+            let now = tokio::time::Instant::now();
+            if now >= next_poll {
+                // Retries come due with time, without a wake-up.
+                maybe_more = true;
+                next_poll = now + config.poll_interval;
             }
             while in_flight.len() < config.concurrency {
                 let Some(entry) = queued.pop_front() else {
@@ -80,13 +86,39 @@ impl Dispatcher {
                 let this = this.clone();
                 in_flight.spawn(async move { this.deliver(entry).await });
             }
+            if claiming.is_none() && maybe_more && queued.len() < config.concurrency {
+                let want = (config.concurrency * 2).saturating_sub(in_flight.len() + queued.len());
+                if want > 0 {
+                    // A wake-up during the claim sets this again.
+                    maybe_more = false;
+                    let store = this.store.clone();
+                    claiming = Some((want, Box::pin(async move { store.claim_due(want).await })));
+                }
+            }
             tokio::select! {
                 _ = shutdown.cancelled() => break,
+                claimed = async {
+                    match claiming.as_mut() {
+                        Some((_, claim)) => claim.as_mut().await,
+                        None => std::future::pending().await,
+                    }
+                }, if claiming.is_some() => {
+                    let want = claiming.take().map_or(0, |(want, _)| want);
+                    match claimed {
+                        Ok(entries) => {
+                            maybe_more |= entries.len() == want;
+                            queued.extend(entries);
+                        }
+                        Err(e) => tracing::warn!(error = %e, "cannot read the outbox"),
+                    }
+                }
                 _ = wake.notified() => maybe_more = true,
                 Some(_) = in_flight.join_next(), if !in_flight.is_empty() => {}
-                _ = tokio::time::sleep(config.poll_interval) => maybe_more = true,
+                _ = tokio::time::sleep_until(next_poll) => {}
             }
         }
+        // A claim dropped unanswered gives its entries back in the store.
+        drop(claiming);
         for entry in queued {
             this.store.release(entry.id);
         }
@@ -185,11 +217,20 @@ impl Dispatcher {
             .templates
             .render(template, &ctx)
             .map_err(|e| e.to_string())?;
+        let html = if settings.channels.sends_html(&entry.channel) {
+            settings
+                .templates
+                .render_html(template, &ctx)
+                .map_err(|e| e.to_string())?
+        } else {
+            None
+        };
         Ok(Outbound {
             delivery_id: entry.id,
             inquiry: entry.reference.0.clone(),
             in_reply_to: field("in_reply_to").unwrap_or_default().to_owned(),
             text,
+            html,
             reply_context: entry
                 .payload
                 .get("reply_context")
