@@ -350,6 +350,13 @@ fn run_daemon(servers: &MailServers, work: &Path, n: usize, with_smtp: bool) -> 
         "Hello {{ customer_name or 'there' }}, we have your message. Your reference is {{ reference }}.",
     )
     .unwrap();
+    // With an HTML variant, as the floor's mails: multipart/alternative.
+    std::fs::write(
+        dir.join("templates/ack.en.html"),
+        "<!DOCTYPE html>\n<html><body><p>Hello {{ customer_name or 'there' }}, we have your message. \
+         Your reference is {{ reference }}.</p></body></html>",
+    )
+    .unwrap();
     let db: PathBuf = dir.join("switchboard.sqlite");
     let smtp = if with_smtp {
         format!(

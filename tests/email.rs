@@ -48,7 +48,45 @@ max_backoff = "2s"
         pw = mail::PASSWORD,
     );
     setup.write_config(&setup.config_text(None, &extra));
+    // An HTML variant in English only: English acknowledgements are
+    // multipart/alternative, German ones (no `ack.de.html`) plain text.
+    std::fs::write(
+        setup.dir.path().join("templates/ack.en.html"),
+        "<p>Hello <b>{{ customer_name or 'there' }}</b>, your reference is \
+         <strong>{{ reference }}</strong> ({{ subject }}).</p>",
+    )
+    .unwrap();
     setup
+}
+
+/// The MIME leaf parts of a mail: (`type/subtype`, charset, decoded text).
+fn mime_parts(raw: &[u8]) -> (String, Vec<(String, Option<String>, String)>) {
+    use mail_parser::MimeHeaders;
+    let message = mail_parser::MessageParser::default()
+        .parse(raw)
+        .expect("the acknowledgement parses");
+    let top = message
+        .content_type()
+        .map(|ct| format!("{}/{}", ct.ctype(), ct.subtype().unwrap_or_default()))
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    let leaves = message
+        .parts
+        .iter()
+        .filter(|p| p.sub_parts().is_none())
+        .map(|p| {
+            let ct = p.content_type();
+            (
+                ct.map(|ct| format!("{}/{}", ct.ctype(), ct.subtype().unwrap_or_default()))
+                    .unwrap_or_default()
+                    .to_ascii_lowercase(),
+                ct.and_then(|ct| ct.attribute("charset"))
+                    .map(str::to_ascii_lowercase),
+                p.text_contents().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect();
+    (top, leaves)
 }
 
 fn mail_from_customer(
@@ -168,9 +206,26 @@ async fn mail_becomes_an_inquiry_and_the_ack_arrives_threaded_with_loop_headers(
     assert_eq!(subject, format!("Re: Card blocked [{reference}]"));
     assert!(header(&ack, "From").unwrap().contains(SUPPORT));
     let text = String::from_utf8_lossy(&ack);
-    assert!(text.contains("multipart/alternative"), "{text}");
-    assert!(text.contains("text/html"), "{text}");
     assert!(text.contains(&reference), "{text}");
+    // `ack.en.html` exists: text/plain and text/html alternatives, in that
+    // order, both UTF-8, both from their templates.
+    let (top, parts) = mime_parts(&ack);
+    assert_eq!(top, "multipart/alternative", "{text}");
+    assert_eq!(parts.len(), 2, "{parts:?}");
+    assert_eq!(parts[0].0, "text/plain");
+    assert_eq!(parts[0].1.as_deref(), Some("utf-8"));
+    assert_eq!(
+        parts[0].2.trim(),
+        format!("Hello Ada Lovelace, your reference is {reference}.")
+    );
+    assert_eq!(parts[1].0, "text/html");
+    assert_eq!(parts[1].1.as_deref(), Some("utf-8"));
+    assert_eq!(
+        parts[1].2.trim(),
+        format!(
+            "<p>Hello <b>Ada Lovelace</b>, your reference is <strong>{reference}</strong> (Card blocked).</p>"
+        )
+    );
 
     // Flagged \Seen only after the commit; the mail stays in the INBOX.
     let inbox = servers.fetch_all(SUPPORT, "INBOX").await;
@@ -205,6 +260,80 @@ async fn mail_becomes_an_inquiry_and_the_ack_arrives_threaded_with_loop_headers(
             "switchboard_email_messages_taken_total{channel=\"imap/support\",mailbox=\"INBOX\"} 1"
         ),
         "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn html_ack_escapes_what_the_customer_wrote_and_without_an_html_variant_is_plain_text() {
+    let servers = MailServers::start(&[]);
+    let setup = email_setup(&servers, "");
+    let _daemon = setup.start();
+
+    // English, with markup in the display name and the subject.
+    let evil = format!(
+        "From: \"Ada <script>alert(1)</script>\" <{CUSTOMER}>\r\nTo: Support <{SUPPORT}>\r\n\
+         Subject: Fees & <b>charges</b>\r\nMessage-ID: <evil@customer.test>\r\n\
+         Date: Fri, 27 Nov 2026 10:00:00 +0000\r\nMIME-Version: 1.0\r\nContent-Language: en\r\n\
+         Content-Type: text/plain; charset=utf-8\r\n\r\nWhy was I charged twice for my account?\r\n"
+    );
+    servers.send(CUSTOMER, &[SUPPORT], evil.as_bytes());
+    // German: `ack.de.txt` but no `ack.de.html`.
+    servers.send(
+        CUSTOMER,
+        &[SUPPORT],
+        &mail_from_customer(
+            Some("german@customer.test"),
+            "Karte gesperrt",
+            "Content-Language: de\r\n",
+            "Meine Karte wurde heute gesperrt. Bitte helfen Sie mir, ich kann nicht bezahlen.",
+        ),
+    );
+    let acks = wait_acks(&servers, 2).await;
+    let find = |message_id: &str| {
+        acks.iter()
+            .find(|a| header(a, "In-Reply-To").as_deref() == Some(message_id))
+            .unwrap_or_else(|| panic!("no acknowledgement answering {message_id}"))
+    };
+
+    let (top, parts) = mime_parts(find("<evil@customer.test>"));
+    assert_eq!(top, "multipart/alternative");
+    assert_eq!(parts.len(), 2, "{parts:?}");
+    let (plain, html) = (&parts[0], &parts[1]);
+    assert_eq!(plain.0, "text/plain");
+    assert_eq!(html.0, "text/html");
+    assert_eq!(html.1.as_deref(), Some("utf-8"));
+    // Text stays text; HTML gets every customer-provided value escaped.
+    assert!(
+        plain.2.contains("Hello Ada <script>alert(1)</script>,"),
+        "{}",
+        plain.2
+    );
+    assert!(!html.2.contains("<script>"), "{}", html.2);
+    assert!(!html.2.contains("<b>charges"), "{}", html.2);
+    assert!(
+        html.2
+            .contains("<b>Ada &lt;script&gt;alert(1)&lt;&#x2f;script&gt;</b>"),
+        "{}",
+        html.2
+    );
+    assert!(
+        html.2
+            .contains("(Fees &amp; &lt;b&gt;charges&lt;&#x2f;b&gt;)"),
+        "{}",
+        html.2
+    );
+
+    let german = find("<german@customer.test>");
+    let (top, parts) = mime_parts(german);
+    assert_eq!(top, "text/plain", "{}", String::from_utf8_lossy(german));
+    assert_eq!(parts.len(), 1, "{parts:?}");
+    assert_eq!(parts[0].1.as_deref(), Some("utf-8"));
+    assert!(
+        parts[0]
+            .2
+            .starts_with("Hallo Ada Lovelace, Ihre Referenz ist INQ-"),
+        "{}",
+        parts[0].2
     );
 }
 
