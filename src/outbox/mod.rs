@@ -11,10 +11,12 @@ pub mod notify;
 
 use std::collections::VecDeque;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use chrono::Utc;
+use tokio::sync::Notify;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -22,6 +24,41 @@ use crate::channels::{DeliveryError, Outbound};
 use crate::config::{OutboxConfig, Settings};
 use crate::store::{DeliveryRecord, DeliveryResult, OutboxEntry, Store, StoreError};
 use crate::templates::{AckContext, DEFAULT_ACK};
+
+/// How far ahead of the concurrency entries are claimed.
+pub const CLAIM_AHEAD: usize = 4;
+
+/// Counts deliveries between start and sent; wakes the dispatcher when
+/// one is done sending.
+#[derive(Default)]
+struct SendSlots {
+    count: AtomicUsize,
+    freed: Notify,
+}
+
+impl SendSlots {
+    fn count(&self) -> usize {
+        self.count.load(Ordering::Acquire)
+    }
+}
+
+/// One delivery's place among those sending; given up when dropped (also
+/// if the delivery's task is cancelled).
+struct SendSlot(Arc<SendSlots>);
+
+impl SendSlot {
+    fn take(slots: &Arc<SendSlots>) -> SendSlot {
+        slots.count.fetch_add(1, Ordering::AcqRel);
+        SendSlot(slots.clone())
+    }
+}
+
+impl Drop for SendSlot {
+    fn drop(&mut self) {
+        self.0.count.fetch_sub(1, Ordering::AcqRel);
+        self.0.freed.notify_one();
+    }
+}
 
 /// A claim of due entries on its way through the store's writer.
 type ClaimFuture = std::pin::Pin<
@@ -52,17 +89,25 @@ impl Dispatcher {
     /// Runs until `shutdown` fires, then lets in-flight deliveries finish
     /// (the caller bounds how long it waits).
     ///
-    /// Entries are claimed ahead, up to twice the concurrency, so a slot
-    /// freed by a finished delivery is refilled at once from what is
+    /// `outbox.concurrency` bounds the deliveries being rendered and sent.
+    /// Once sent, a delivery gives its slot up and waits for its record to
+    /// commit on its own, so sending never stalls behind the store's writer
+    /// (busy with an intake batch, or an fsync); the entry stays claimed
+    /// until its record commits, and one that never commits is sent again
+    /// after a restart (at-least-once, same Message-ID).
+    ///
+    /// Entries are claimed ahead, up to [`CLAIM_AHEAD`] times the
+    /// concurrency, so a freed slot is refilled at once from what is
     /// already claimed. The claim itself runs beside the deliveries (one
-    /// at a time): the loop never waits for the store's writer while
-    /// deliveries finish, and every finished delivery is reaped before the
-    /// next claim is sized, so claims come in chunks rather than one entry
-    /// per writer round trip.
+    /// at a time): the loop never waits for the writer while deliveries
+    /// finish, and claims come in chunks rather than one entry per writer
+    /// round trip.
     pub async fn run(self, shutdown: CancellationToken) {
         let this = Arc::new(self);
         let wake = this.store.outbox_wake();
         let mut in_flight = JoinSet::new();
+        // Deliveries rendering or sending (not those waiting for their record).
+        let sending = Arc::new(SendSlots::default());
         let mut queued: VecDeque<OutboxEntry> = VecDeque::new();
         // The claim under way, and how many entries it asked for.
         let mut claiming: Option<(usize, ClaimFuture)> = None;
@@ -79,15 +124,17 @@ impl Dispatcher {
                 maybe_more = true;
                 next_poll = now + config.poll_interval;
             }
-            while in_flight.len() < config.concurrency {
+            while sending.count() < config.concurrency {
                 let Some(entry) = queued.pop_front() else {
                     break;
                 };
                 let this = this.clone();
-                in_flight.spawn(async move { this.deliver(entry).await });
+                let slot = SendSlot::take(&sending);
+                in_flight.spawn(async move { this.deliver(entry, slot).await });
             }
-            if claiming.is_none() && maybe_more && queued.len() < config.concurrency {
-                let want = (config.concurrency * 2).saturating_sub(in_flight.len() + queued.len());
+            let ahead = config.concurrency * CLAIM_AHEAD;
+            if claiming.is_none() && maybe_more && queued.len() < ahead / 2 {
+                let want = ahead.saturating_sub(sending.count() + queued.len());
                 if want > 0 {
                     // A wake-up during the claim sets this again.
                     maybe_more = false;
@@ -113,6 +160,7 @@ impl Dispatcher {
                     }
                 }
                 _ = wake.notified() => maybe_more = true,
+                _ = sending.freed.notified() => {}
                 Some(_) = in_flight.join_next(), if !in_flight.is_empty() => {}
                 _ = tokio::time::sleep_until(next_poll) => {}
             }
@@ -126,7 +174,9 @@ impl Dispatcher {
         while in_flight.join_next().await.is_some() {}
     }
 
-    async fn deliver(&self, entry: OutboxEntry) {
+    /// Renders and sends `entry`, gives `slot` up, then records the
+    /// outcome (the entry stays claimed until the record commits).
+    async fn deliver(&self, entry: OutboxEntry, slot: SendSlot) {
         let settings = self.settings.load_full();
         let config = &settings.outbox;
         let attempt = entry.attempts + 1;
@@ -148,6 +198,9 @@ impl Dispatcher {
                 }
             }
         };
+        // Sent (or not): the next delivery may start while this one's
+        // record waits for the writer.
+        drop(slot);
         let outcome = match &result {
             Ok(_) => "sent",
             Err(DeliveryError::Permanent(_)) => "failed",
