@@ -340,6 +340,9 @@ struct DaemonRun {
     inquiries: i64,
     acks_sent: i64,
     ack_rate: Option<f64>,
+    /// Acknowledgements sent after intake had finished, and their rate.
+    acks_after_intake: i64,
+    ack_rate_after_intake: Option<f64>,
 }
 
 fn run_daemon(servers: &MailServers, work: &Path, n: usize, with_smtp: bool) -> DaemonRun {
@@ -404,9 +407,15 @@ fn run_daemon(servers: &MailServers, work: &Path, n: usize, with_smtp: bool) -> 
         std::thread::sleep(Duration::from_millis(10));
     }
     let intake = start.elapsed();
+    let intake_done_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or_default();
     let inquiries = count("SELECT COUNT(*) FROM inquiries");
     let mut acks_sent = 0;
     let mut ack_rate = None;
+    let mut acks_after_intake = 0;
+    let mut ack_rate_after_intake = None;
     if with_smtp {
         let expected = count("SELECT COUNT(*) FROM outbox");
         let deadline = Instant::now() + Duration::from_secs(600);
@@ -422,6 +431,15 @@ fn run_daemon(servers: &MailServers, work: &Path, n: usize, with_smtp: bool) -> 
         if span > 0 {
             ack_rate = Some(acks_sent as f64 / (span as f64 / 1000.0));
         }
+        acks_after_intake = count(&format!(
+            "SELECT COUNT(*) FROM outbox WHERE status = 'sent' AND done_at > {intake_done_ms}"
+        ));
+        let span = count(&format!(
+            "SELECT MAX(done_at) - MIN(done_at) FROM outbox WHERE status = 'sent' AND done_at > {intake_done_ms}"
+        ));
+        if span > 0 {
+            ack_rate_after_intake = Some(acks_after_intake as f64 / (span as f64 / 1000.0));
+        }
     }
     let _ = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
@@ -433,6 +451,8 @@ fn run_daemon(servers: &MailServers, work: &Path, n: usize, with_smtp: bool) -> 
         inquiries,
         acks_sent,
         ack_rate,
+        acks_after_intake,
+        ack_rate_after_intake,
     }
 }
 
@@ -503,6 +523,13 @@ fn main() {
                 "{r:.0}/s through the outbox ({:.2}x the SMTP floor)",
                 r / smtp_rate
             ))
+            .unwrap_or_else(|| "rate not measurable".into())
+    );
+    println!(
+        "  of which after intake had finished: {}, {}",
+        b.acks_after_intake,
+        b.ack_rate_after_intake
+            .map(|r| format!("{r:.0}/s ({:.2}x the SMTP floor)", r / smtp_rate))
             .unwrap_or_else(|| "rate not measurable".into())
     );
 }
