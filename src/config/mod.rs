@@ -107,10 +107,27 @@ impl Default for ServerConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StoreConfig {
-    /// `sqlite://path/to/file.sqlite` (created if missing).
+    /// `sqlite://path/to/file.sqlite` (created if missing), or
+    /// `postgres://user:password@host:port/database` to share one database
+    /// between several instances. The URL may hold a password: it is never
+    /// logged; `SWITCHBOARD__STORE__URL` keeps it out of the file.
     pub url: String,
     /// Most intakes one group commit may carry.
     pub max_batch: usize,
+    /// Connections of the read pool (API views, metrics, router snapshot).
+    pub pool_size: u32,
+    /// PostgreSQL: longest a statement may run before the server cancels it.
+    #[serde(with = "humantime_serde")]
+    pub statement_timeout: Duration,
+    /// PostgreSQL: longest a connection attempt may take. While the
+    /// database is unreachable, intake answers 503 and `/readyz` fails.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// PostgreSQL: how long an outbox entry claimed by one instance is left
+    /// to it. If that instance dies mid-delivery, another delivers the
+    /// entry after this.
+    #[serde(with = "humantime_serde")]
+    pub claim_lease: Duration,
 }
 
 impl Default for StoreConfig {
@@ -118,7 +135,18 @@ impl Default for StoreConfig {
         StoreConfig {
             url: "sqlite://data/switchboard.sqlite".into(),
             max_batch: 256,
+            pool_size: 4,
+            statement_timeout: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(5),
+            claim_lease: Duration::from_secs(60),
         }
+    }
+}
+
+impl StoreConfig {
+    /// Whether this store is shared by several instances (PostgreSQL).
+    pub fn is_postgres(&self) -> bool {
+        self.url.starts_with("postgres://") || self.url.starts_with("postgresql://")
     }
 }
 

@@ -1,5 +1,6 @@
 //! Persistence: inquiries, messages, thread keys, the event log and the
-//! outbox, in SQLite (WAL, `synchronous=FULL`).
+//! outbox, in SQLite (WAL, durable commits) or, for several instances
+//! sharing one database, in PostgreSQL (selected by the URL's scheme).
 //!
 //! Every write goes through one writer task ([`writer`]) that commits
 //! whatever is queued in one transaction: many concurrent intakes share one
@@ -7,8 +8,12 @@
 //! caller's future resolves only after its transaction is durable, which is
 //! what lets the API answer a provider 2xx. Reads use a separate pool.
 
+pub mod cluster;
+pub mod lease;
+mod postgres;
 mod reads;
 mod routing;
+mod sql;
 mod writer;
 
 use std::collections::HashSet;
@@ -18,8 +23,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, TimeZone, Utc};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{ConnectOptions, SqlitePool};
+use sqlx::AnyPool;
+use sqlx::any::AnyPoolOptions;
+use sqlx::sqlite::SqliteConnectOptions;
 use tokio::sync::{Notify, mpsc, oneshot};
 
 use crate::config::StoreConfig;
@@ -31,7 +37,8 @@ pub use reads::{
     OutboxEntry, OutboxRecord,
 };
 
-static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
 /// Store failures. Callers on the intake path turn these into 503 so the
 /// provider retries: nothing is acknowledged that was not committed.
@@ -41,6 +48,13 @@ pub enum StoreError {
     Database(#[from] sqlx::Error),
     #[error("database error: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    #[error("database error: {0}")]
+    Postgres(#[from] ::postgres::Error),
+    #[error("the store is unavailable: {0}")]
+    Unavailable(String),
+    /// This instance no longer holds the lease a write needs.
+    #[error("lease `{0}` is held by another instance")]
+    LeaseLost(String),
     #[error("schema migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("cannot prepare the database folder {path}: {source}")]
@@ -48,7 +62,7 @@ pub enum StoreError {
         path: String,
         source: std::io::Error,
     },
-    #[error("store URL `{0}` is not a sqlite:// URL")]
+    #[error("store.url is neither a sqlite:// nor a postgres:// URL (it starts with `{0}`)")]
     BadUrl(String),
     #[error("the store is shutting down")]
     Closed,
@@ -61,6 +75,20 @@ pub enum StoreError {
     Sync(String),
     #[error("stored data is inconsistent: {0}")]
     Corrupt(String),
+}
+
+impl StoreError {
+    /// A conflict with another instance's concurrent transaction (a unique
+    /// key it committed first, a deadlock, a serialization failure): the
+    /// same work done again sees what the other committed.
+    pub fn is_contention(&self) -> bool {
+        let code = match self {
+            StoreError::Postgres(e) => e.code().map(|c| c.code().to_owned()),
+            StoreError::Database(sqlx::Error::Database(e)) => e.code().map(|c| c.into_owned()),
+            _ => None,
+        };
+        matches!(code.as_deref(), Some("23505" | "40001" | "40P01"))
+    }
 }
 
 /// What to do about acknowledging a message, decided before the commit
@@ -159,31 +187,55 @@ pub struct DeliveryRecord {
 /// The handle every part of the daemon shares.
 #[derive(Debug)]
 pub struct Store {
-    pool: SqlitePool,
+    /// Reads (API views, metrics, the router's snapshot), on either backend.
+    pool: AnyPool,
+    /// `Some` when the database is shared by several instances.
+    shared: Option<Shared>,
     jobs: mpsc::Sender<writer::Job>,
     /// Fires when the writer thread has committed its last batch.
     writer: Mutex<Option<oneshot::Receiver<()>>>,
     /// Set by `close`: later writes fail fast with `Closed`.
     closing: AtomicBool,
     outbox_wake: Arc<Notify>,
-    /// Outbox ids handed to the dispatcher and not yet recorded: with one
-    /// process per SQLite file this is the whole claim protocol.
+    /// Outbox ids handed to this instance's dispatcher and not yet
+    /// recorded. With SQLite (one process per file) this is the whole claim
+    /// protocol; with PostgreSQL claims are also leased in the database.
     in_flight: Arc<Mutex<HashSet<i64>>>,
+}
+
+/// What an instance sharing a PostgreSQL database needs to know.
+#[derive(Debug, Clone)]
+pub struct Shared {
+    /// This instance's name in leases and claims.
+    pub instance: String,
 }
 
 impl Store {
     /// Opens (creating if needed) the database at `config.url`, applies
     /// migrations and starts the writer.
     pub async fn open(config: &StoreConfig) -> Result<Arc<Store>, StoreError> {
+        Self::open_as(config, None).await
+    }
+
+    /// Like [`Store::open`], naming this instance for leases and claims
+    /// (PostgreSQL only; the default is `<hostname>-<pid>`).
+    pub async fn open_as(
+        config: &StoreConfig,
+        instance: Option<&str>,
+    ) -> Result<Arc<Store>, StoreError> {
+        sqlx::any::install_default_drivers();
+        if config.is_postgres() {
+            let instance = instance.map_or_else(default_instance, str::to_owned);
+            return Self::open_postgres(config, instance).await;
+        }
+        if !config.url.starts_with("sqlite:") {
+            let scheme = config.url.split(':').next().unwrap_or_default();
+            return Err(StoreError::BadUrl(scheme.chars().take(16).collect()));
+        }
         let options = SqliteConnectOptions::from_str(&config.url)
-            .map_err(|_| StoreError::BadUrl(config.url.clone()))?
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Full)
-            .foreign_keys(true)
-            .busy_timeout(Duration::from_secs(10))
-            .log_statements(tracing::log::LevelFilter::Trace);
-        if let Some(dir) = options.get_filename().parent()
+            .map_err(|_| StoreError::BadUrl("sqlite:".into()))?;
+        let path = options.get_filename().to_path_buf();
+        if let Some(dir) = path.parent()
             && !dir.as_os_str().is_empty()
         {
             std::fs::create_dir_all(dir).map_err(|source| StoreError::Folder {
@@ -191,16 +243,20 @@ impl Store {
                 source,
             })?;
         }
-        let pool = SqlitePoolOptions::new()
-            .max_connections(4)
-            .connect_with(options.clone())
+        // Creates the file and switches it to WAL (a property of the file)
+        // before the read pool opens it.
+        rusqlite::Connection::open(&path)?.pragma_update(None, "journal_mode", "WAL")?;
+        let url = format!("sqlite://{}", path.display());
+        let pool = AnyPoolOptions::new()
+            .max_connections(config.pool_size.max(1))
+            .connect(&url)
             .await?;
-        MIGRATOR.run(&pool).await?;
+        SQLITE_MIGRATIONS.run(&pool).await?;
         let (jobs, rx) = mpsc::channel(config.max_batch * 8);
         let outbox_wake = Arc::new(Notify::new());
         let in_flight = Arc::new(Mutex::new(HashSet::new()));
         let handle = writer::spawn(
-            options.get_filename(),
+            &path,
             rx,
             config.max_batch,
             outbox_wake.clone(),
@@ -208,12 +264,72 @@ impl Store {
         )?;
         Ok(Arc::new(Store {
             pool,
+            shared: None,
             jobs,
             writer: Mutex::new(Some(handle)),
             closing: AtomicBool::new(false),
             outbox_wake,
             in_flight,
         }))
+    }
+
+    async fn open_postgres(
+        config: &StoreConfig,
+        instance: String,
+    ) -> Result<Arc<Store>, StoreError> {
+        let mut pg: ::postgres::Config = config
+            .url
+            .parse()
+            .map_err(|_| StoreError::BadUrl("postgres:".into()))?;
+        pg.connect_timeout(config.connect_timeout);
+        let timeout_ms = config.statement_timeout.as_millis();
+        let pool = AnyPoolOptions::new()
+            .max_connections(config.pool_size.max(1))
+            .acquire_timeout(config.connect_timeout)
+            .after_connect(move |conn, _| {
+                Box::pin(async move {
+                    use sqlx::Executor;
+                    conn.execute(sqlx::AssertSqlSafe(format!(
+                        "SET statement_timeout = {timeout_ms}"
+                    )))
+                    .await?;
+                    Ok(())
+                })
+            })
+            .connect(&config.url)
+            .await?;
+        POSTGRES_MIGRATIONS.run(&pool).await?;
+        let (jobs, rx) = mpsc::channel(config.max_batch * 8);
+        let outbox_wake = Arc::new(Notify::new());
+        let in_flight = Arc::new(Mutex::new(HashSet::new()));
+        let target = postgres::PgTarget {
+            config: pg,
+            instance: instance.clone(),
+            statement_timeout: config.statement_timeout,
+            claim_lease: config.claim_lease,
+        };
+        let handle = writer::spawn_postgres(
+            target,
+            rx,
+            config.max_batch,
+            outbox_wake.clone(),
+            in_flight.clone(),
+        )?;
+        tracing::info!(instance = %instance, "store: shared PostgreSQL database");
+        Ok(Arc::new(Store {
+            pool,
+            shared: Some(Shared { instance }),
+            jobs,
+            writer: Mutex::new(Some(handle)),
+            closing: AtomicBool::new(false),
+            outbox_wake,
+            in_flight,
+        }))
+    }
+
+    /// `Some` when several instances share this store's database.
+    pub fn shared(&self) -> Option<&Shared> {
+        self.shared.as_ref()
     }
 
     /// Commits one inbound message (durably) and says what became of it.
@@ -390,6 +506,16 @@ impl Store {
     }
 }
 
+/// `<hostname>-<pid>`: unique among instances running at the same time.
+fn default_instance() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "switchboard".into());
+    format!("{host}-{}", std::process::id())
+}
+
 pub(crate) fn to_ms(t: DateTime<Utc>) -> i64 {
     t.timestamp_millis()
 }
@@ -408,6 +534,7 @@ mod tests {
         let config = StoreConfig {
             url: format!("sqlite://{}/db.sqlite", dir.path().display()),
             max_batch: 64,
+            ..StoreConfig::default()
         };
         (dir, Store::open(&config).await.unwrap())
     }
@@ -513,6 +640,7 @@ mod tests {
         let config = StoreConfig {
             url: format!("sqlite://{}/db.sqlite", dir.path().display()),
             max_batch: 64,
+            ..StoreConfig::default()
         };
         let store = Store::open(&config).await.unwrap();
         let again = store.intake(message("a", None)).await.unwrap();
