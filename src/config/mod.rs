@@ -148,6 +148,54 @@ impl StoreConfig {
     pub fn is_postgres(&self) -> bool {
         self.url.starts_with("postgres://") || self.url.starts_with("postgresql://")
     }
+
+    /// The URL without its password, for logs.
+    pub fn redacted_url(&self) -> String {
+        match self.url.split_once("://") {
+            Some((scheme, rest)) if self.is_postgres() => match rest.rsplit_once('@') {
+                Some((user, host)) => {
+                    let user = user.split(':').next().unwrap_or_default();
+                    format!("{scheme}://{user}:***@{host}")
+                }
+                None => self.url.clone(),
+            },
+            _ => self.url.clone(),
+        }
+    }
+}
+
+/// `[cluster]`: only read with a PostgreSQL store, where several instances
+/// share the database.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    /// This instance's name in leases and outbox claims; unique among
+    /// running instances. Default: `<hostname>-<pid>`.
+    pub instance: Option<String>,
+    /// The URL other instances use to forward routing requests (accept,
+    /// presence, queue, …) to this one when it leads. Default:
+    /// `http://<server.listen>` (set it when listening on 0.0.0.0).
+    pub advertise_url: Option<String>,
+    /// How long the routing leader's and each mailbox's lease lasts without
+    /// renewal (renewed every third of it). A dead instance's work is taken
+    /// over within about this long.
+    #[serde(with = "humantime_serde")]
+    pub lease_ttl: Duration,
+    /// How often the routing leader takes inquiries that other instances
+    /// took in.
+    #[serde(with = "humantime_serde")]
+    pub inbox_interval: Duration,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            instance: None,
+            advertise_url: None,
+            lease_ttl: Duration::from_secs(15),
+            inbox_interval: Duration::from_millis(200),
+        }
+    }
 }
 
 /// `[api]`
@@ -280,6 +328,8 @@ pub struct RawSettings {
     #[serde(default)]
     pub store: StoreConfig,
     #[serde(default)]
+    pub cluster: ClusterConfig,
+    #[serde(default)]
     pub api: ApiConfig,
     #[serde(default)]
     pub limits: Limits,
@@ -308,6 +358,7 @@ pub struct Settings {
     pub path: PathBuf,
     pub server: ServerConfig,
     pub store: StoreConfig,
+    pub cluster: ClusterConfig,
     pub ops_token: Option<Secret>,
     pub limits: Limits,
     pub outbox: OutboxConfig,
@@ -363,11 +414,33 @@ impl Settings {
             })
         };
 
-        if !raw.store.url.starts_with("sqlite:") {
+        if raw.store.is_postgres() {
+            // Parsed here so a typo is caught by `check`, never echoed: the
+            // URL may carry a password.
+            if raw.store.url.parse::<postgres::Config>().is_err() {
+                problem(
+                    "store.url",
+                    "not a valid postgres:// URL (expected postgres://user:password@host:port/database)"
+                        .into(),
+                );
+            }
+        } else if !raw.store.url.starts_with("sqlite:") {
             problem(
                 "store.url",
-                "expected a `sqlite://…` URL (PostgreSQL is not supported yet)".into(),
+                "expected a `sqlite://…` or `postgres://…` URL".into(),
             );
+        }
+        if raw.store.pool_size == 0 {
+            problem("store.pool_size", "must be at least 1".into());
+        }
+        if raw.cluster.lease_ttl < Duration::from_secs(3) {
+            problem(
+                "cluster.lease_ttl",
+                "must be at least 3s (it is renewed every third of it)".into(),
+            );
+        }
+        if raw.cluster.inbox_interval.is_zero() {
+            problem("cluster.inbox_interval", "must be more than 0".into());
         }
         if raw.store.max_batch == 0 {
             problem("store.max_batch", "must be at least 1".into());
@@ -531,6 +604,7 @@ impl Settings {
                 path: path.to_path_buf(),
                 server: raw.server,
                 store: raw.store,
+                cluster: raw.cluster,
                 ops_token,
                 limits: raw.limits,
                 outbox: raw.outbox,

@@ -3,6 +3,7 @@
 //! the reply endpoint that receives acknowledgements.
 #![allow(dead_code)]
 
+pub mod pg;
 pub mod providers;
 
 use std::collections::VecDeque;
@@ -24,6 +25,9 @@ const START_TIMEOUT: Duration = Duration::from_secs(20);
 /// A config folder: `switchboard.toml`, templates, and the database.
 pub struct Setup {
     pub dir: tempfile::TempDir,
+    /// `store.url`: SQLite in `dir`, or a fresh PostgreSQL database when the
+    /// suite runs against PostgreSQL (see [`pg::suite_server`]).
+    pub store_url: String,
 }
 
 impl Setup {
@@ -42,7 +46,14 @@ impl Setup {
             "Hallo {{ customer_name or '' }}, Ihre Referenz ist {{ reference }}.",
         )
         .unwrap();
-        let setup = Setup { dir };
+        let store_url = match pg::suite_server() {
+            Some(admin) => pg::create_database(&admin),
+            None => format!(
+                "sqlite://{}",
+                dir.path().join("data").join("switchboard.sqlite").display()
+            ),
+        };
+        let setup = Setup { dir, store_url };
         setup.write_config(&setup.config_text(reply_url, ""));
         setup
     }
@@ -58,7 +69,7 @@ listen = "127.0.0.1:0"
 drain_timeout = "5s"
 
 [store]
-url = "sqlite://{db}"
+url = "{db}"
 
 [api]
 ops_token = "{TOKEN}"
@@ -78,7 +89,7 @@ secret = "{SECRET}"
 {reply}
 {extra}
 "#,
-            db = self.db_path().display(),
+            db = self.store_url,
         )
     }
 
@@ -88,10 +99,6 @@ secret = "{SECRET}"
 
     pub fn config_path(&self) -> PathBuf {
         self.dir.path().join("switchboard.toml")
-    }
-
-    pub fn db_path(&self) -> PathBuf {
-        self.dir.path().join("data").join("switchboard.sqlite")
     }
 
     pub fn start(&self) -> Daemon {
