@@ -525,6 +525,43 @@ impl Engine {
         effects
     }
 
+    /// Routes a resolved inquiry that a reply reopened, as the store
+    /// restored it (its requirements, SLA state and who passed on it, as a
+    /// restart would). Whoever held it before becomes the customer's
+    /// previous associate, so the sticky preference offers it to them
+    /// first when they are eligible.
+    pub fn reopen(&mut self, mut r: RestoredWork, now: i64) -> Vec<Effect> {
+        let mut effects = Vec::new();
+        let id = r.work.id;
+        if self.works.contains_key(&id) {
+            return effects;
+        }
+        self.interner.requirements(&mut r.work.requirements);
+        if let (Some(customer), Some(previous)) = (&r.work.customer_key, &r.assignee) {
+            self.sticky
+                .insert(customer.clone(), (previous.clone(), now));
+        }
+        let mut work = Work {
+            state: State::Waiting,
+            passed: Names(r.declined.iter().chain(&r.expired).cloned().collect()),
+            expired: Names(r.expired),
+            responded: r.responded,
+            sla_breached: r.sla_breached,
+            relaxed: 0,
+            new: r.work,
+        };
+        work.relaxed = self.effective(&work, now).steps_taken;
+        if let Some(due) = work.new.sla_due
+            && !work.responded
+            && !work.sla_breached
+        {
+            self.timers.insert((due, Timer::Sla, id, 0));
+        }
+        self.works.insert(id, work);
+        self.route(id, now, &mut effects);
+        effects
+    }
+
     pub fn accept(&mut self, id: i64, who: &str, now: i64) -> Result<Vec<Effect>, RoutingError> {
         let work = self.works.get(&id).ok_or(RoutingError::NotOpen)?;
         match &work.state {

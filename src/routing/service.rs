@@ -15,7 +15,7 @@ use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use super::engine::{Effect, Engine, NewWork, RoutingError};
+use super::engine::{Effect, Engine, NewWork, RestoredWork, RoutingError};
 use super::{Presence, Roster, RoutingConfig};
 use crate::store::{Store, StoreError};
 
@@ -52,6 +52,7 @@ type Reply<T> = oneshot::Sender<Result<T, CommandError>>;
 /// What the router can be asked to do.
 enum Command {
     Add(NewWork),
+    Reopen(Box<RestoredWork>),
     Accept(i64, String, Reply<()>),
     Decline(i64, String, Reply<()>),
     Resolve(i64, Option<String>, Option<String>, Reply<()>),
@@ -104,6 +105,12 @@ impl Router {
     /// already stored as waiting, so a crash before routing only delays it.
     pub fn add(&self, work: NewWork) {
         let _ = self.tx.send(Command::Add(work));
+    }
+
+    /// Routes an inquiry a reply reopened, as the store has it. Fire and
+    /// forget, like [`Router::add`].
+    pub fn reopen(&self, work: RestoredWork) {
+        let _ = self.tx.send(Command::Reopen(Box::new(work)));
     }
 
     pub fn reconfigure(&self, roster: Arc<Roster>, config: RoutingConfig) {
@@ -216,6 +223,10 @@ async fn run(
             let (reply, result) = match cmd {
                 Command::Add(work) => {
                     effects.extend(engine.add(work, now));
+                    continue;
+                }
+                Command::Reopen(work) => {
+                    effects.extend(engine.reopen(*work, now));
                     continue;
                 }
                 Command::Reconfigure(roster, config) => {

@@ -65,7 +65,10 @@ pub enum StoreError {
 
 /// What to do about acknowledging a message, decided before the commit
 /// (by rules, later) and applied only if the message opens an inquiry:
-/// replies on an open inquiry are not acknowledged again.
+/// replies on an open inquiry are not acknowledged again, nor are replies
+/// that reopen a resolved one (the customer is in a conversation that
+/// already has its reference); a reply that opens a new inquiry linked to
+/// an old one is acknowledged like any new inquiry.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AckPlan {
     Send { template: String, language: String },
@@ -79,6 +82,10 @@ pub struct Intake {
     pub ack: AckPlan,
     /// What the rules decided; applied only if the message opens an inquiry.
     pub classification: Classified,
+    /// A resolved inquiry this message threads onto is reopened if it was
+    /// resolved at most this long ago (`threading.reopen_window`); else a
+    /// new inquiry linked to it opens. Zero never reopens.
+    pub reopen_window: Duration,
 }
 
 /// The rules' verdict on a message, stored with the inquiry it opens.
@@ -341,6 +348,15 @@ impl Store {
         routing::snapshot(&self.pool, sticky_window, to_ms(Utc::now())).await
     }
 
+    /// A reopened inquiry as the router's snapshot would restore it, for
+    /// the running router; `None` if it is resolved (again) or unknown.
+    pub async fn reopened_work(
+        &self,
+        id: i64,
+    ) -> Result<Option<crate::routing::engine::RestoredWork>, StoreError> {
+        routing::restored(&self.pool, id).await
+    }
+
     /// Woken whenever a commit adds outbox entries.
     pub fn outbox_wake(&self) -> Arc<Notify> {
         self.outbox_wake.clone()
@@ -440,6 +456,7 @@ mod tests {
                 language: "en".into(),
             },
             classification: Classified::default(),
+            reopen_window: Duration::ZERO,
         }
     }
 
