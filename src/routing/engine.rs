@@ -1881,6 +1881,52 @@ mod tests {
     }
 
     #[test]
+    fn a_reopened_inquiry_goes_back_to_whoever_held_it() {
+        let mut e = engine(vec![
+            person("anna", &[("billing", 5)], &["en"], 3),
+            person("ben", &[("billing", 3)], &["en"], 3),
+        ]);
+        let customer = "email:c@x.example";
+        // The customer's latest assignment is anna's (inquiry 2) ...
+        let mut other = work(2, &[("billing", 1)], Medium::Chat);
+        other.customer_key = Some(customer.into());
+        e.add(other.clone(), 0);
+        e.accept(2, "anna", 1).unwrap();
+        // ... but inquiry 1, resolved by ben and reopened by a reply, goes
+        // back to ben although anna has the better skill fit.
+        let mut reopened = work(1, &[("billing", 1)], Medium::Chat);
+        reopened.customer_key = Some(customer.into());
+        reopened.sla_due = Some(5);
+        let restored = RestoredWork {
+            work: reopened,
+            status: Status::Open,
+            assignee: Some("ben".into()),
+            open_offer: None,
+            declined: Vec::new(),
+            expired: Vec::new(),
+            responded: true,
+            sla_breached: false,
+        };
+        let fx = e.reopen(restored.clone(), 10);
+        assert_eq!(offered_to(&fx), vec![(1, "ben".into())]);
+        assert_eq!(
+            event(&fx, "offered").unwrap()["candidates"][0]["sticky"],
+            true
+        );
+        assert!(
+            e.reopen(restored, 11).is_empty(),
+            "an inquiry the router holds is not taken twice"
+        );
+        e.accept(1, "ben", 12).unwrap();
+        assert_eq!(e.holder(1), Some("ben"));
+        // Its first-response SLA was met before it was resolved: the past
+        // deadline is not a breach.
+        assert!(event(&e.tick(20), "sla_breached").is_none());
+        e.resolve(1, Some("ben"), None, 30).unwrap();
+        assert_eq!(e.holder(1), None);
+    }
+
+    #[test]
     fn relaxation_widens_the_requirement_over_time() {
         let mut e = engine(vec![person("anna", &[("billing", 2)], &["en"], 2)]);
         let mut w = work(1, &[("billing", 3)], Medium::Chat);
