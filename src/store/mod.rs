@@ -766,6 +766,13 @@ mod tests {
             intake: reply(id, thread, WEEK),
             raw: None,
         };
+        // Quoting the reference only: no thread key of this batch helps.
+        let quoting = |id: &str, r: &crate::inquiry::Reference| {
+            let mut intake = message(id, None);
+            intake.reopen_window = WEEK;
+            intake.message.thread.reference = Some(r.clone());
+            MailItem { intake, raw: None }
+        };
         let outcomes = store
             .mail_batch(MailBatch {
                 channel: "imap/test".into(),
@@ -777,8 +784,8 @@ mod tests {
                 items: vec![
                     item("b3", "soon"),
                     item("b4", "late"),
-                    item("b5", "soon"),
-                    item("b6", "late"),
+                    quoting("b5", &soon.inquiry),
+                    quoting("b6", &late.inquiry),
                     item("b3", "soon"),
                 ],
                 quarantine: Vec::new(),
