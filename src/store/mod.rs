@@ -705,7 +705,7 @@ mod tests {
         assert_eq!(new.events[1].detail["linked_to"], old.inquiry.as_str());
         let was = detail(&store, &old.inquiry).await;
         assert_eq!(was.inquiry.status, crate::inquiry::Status::Resolved);
-        assert_eq!(was.linked_from, [late.inquiry.clone()]);
+        assert_eq!(was.linked_from, std::slice::from_ref(&late.inquiry));
         let link = was.events.iter().find(|e| e.kind == "linked").unwrap();
         assert_eq!(link.detail["linked_from"], late.inquiry.as_str());
         assert_eq!(link.detail["provider_id"], "l2");

@@ -468,13 +468,15 @@ impl Thread {
     }
 }
 
-/// The columns [`thread_row`] reads. An inquiry's resolution time is that
-/// of its latest `resolved` event (its `updated_at` for rows without one:
-/// nothing else touches a resolved inquiry).
+/// The columns [`thread_row`] reads. A resolved inquiry's resolution time
+/// is that of its latest `resolved` event (its `updated_at` for rows
+/// without one: nothing else touches a resolved inquiry); open ones skip
+/// the lookup.
 macro_rules! thread_columns {
     () => {
-        "i.id, i.reference, i.status, i.created_at, COALESCE((SELECT MAX(e.at) FROM inquiry_events e \
-         WHERE e.inquiry_id = i.id AND e.kind = 'resolved'), i.updated_at)"
+        "i.id, i.reference, i.status, i.created_at, CASE WHEN i.status = 'resolved' THEN \
+         COALESCE((SELECT MAX(e.at) FROM inquiry_events e WHERE e.inquiry_id = i.id \
+         AND e.kind = 'resolved'), i.updated_at) END"
     };
 }
 
