@@ -1,5 +1,5 @@
 -- The whole schema for PostgreSQL, shared by every instance of a
--- scale-out deployment. It mirrors migrations/sqlite (0001-0005) table by
+-- scale-out deployment. It mirrors migrations/sqlite (0001-0004, 0006) table by
 -- table, so the writer's statements run unchanged on both; times are Unix
 -- milliseconds (BIGINT), JSON is kept as TEXT like in SQLite. What only a
 -- shared database needs is at the end: the inquiry id sequence, leases and

@@ -278,6 +278,26 @@ impl Default for OutboxConfig {
     }
 }
 
+/// `[threading]`: what a reply to a resolved inquiry does.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ThreadingConfig {
+    /// A message that threads (by Message-ID or `thread` key, by a quoted
+    /// `[INQ-…]` reference or a `+INQ-…` address) onto an inquiry resolved
+    /// at most this long ago reopens it; one resolved longer ago gets a new
+    /// inquiry linked to it. `0s` never reopens.
+    #[serde(with = "humantime_serde")]
+    pub reopen_window: Duration,
+}
+
+impl Default for ThreadingConfig {
+    fn default() -> Self {
+        ThreadingConfig {
+            reopen_window: Duration::from_secs(7 * 24 * 3600),
+        }
+    }
+}
+
 /// `[roster]`
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -345,6 +365,8 @@ pub struct RawSettings {
     pub roster: RosterConfig,
     #[serde(default)]
     pub routing: RoutingConfig,
+    #[serde(default)]
+    pub threading: ThreadingConfig,
     /// Outgoing mail (email acknowledgements, notifications).
     #[serde(default)]
     pub smtp: Option<SmtpConfig>,
@@ -366,6 +388,7 @@ pub struct Settings {
     pub channels: Channels,
     pub roster: Arc<Roster>,
     pub routing: RoutingConfig,
+    pub threading: ThreadingConfig,
     /// The compiled routing rules (`rules.path`).
     pub rules: Arc<RuleSet>,
     /// What these were read from, for reload on change: the config file,
@@ -612,6 +635,7 @@ impl Settings {
                 channels,
                 roster: Arc::new(roster),
                 routing: raw.routing,
+                threading: raw.threading,
                 rules: Arc::new(rules),
                 sources,
                 smtp,
@@ -764,6 +788,29 @@ mod tests {
         assert_eq!(s.limits.max_body_bytes, 1024 * 1024);
         assert!(s.ops_token.is_none());
         assert!(s.channels.is_empty());
+        assert_eq!(
+            s.threading.reopen_window,
+            Duration::from_secs(7 * 24 * 3600)
+        );
+    }
+
+    #[test]
+    fn the_reopen_window_is_a_duration_and_zero_turns_it_off() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write_config(dir.path(), "[threading]\nreopen_window = \"36h\"\n");
+        let s = Settings::load(&path).unwrap();
+        assert_eq!(s.threading.reopen_window, Duration::from_secs(36 * 3600));
+        let path = write_config(dir.path(), "[threading]\nreopen_window = \"0s\"\n");
+        assert!(
+            Settings::load(&path)
+                .unwrap()
+                .threading
+                .reopen_window
+                .is_zero()
+        );
+        let path = write_config(dir.path(), "[threading]\nreopen_window = \"soon\"\n");
+        let err = Settings::load(&path).unwrap_err().to_string();
+        assert!(err.contains("reopen_window"), "{err}");
     }
 
     #[test]

@@ -25,7 +25,7 @@ use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use super::engine::{Effect, Engine, NewWork, RoutingError};
+use super::engine::{Effect, Engine, NewWork, RestoredWork, RoutingError};
 use super::{Presence, Roster, RoutingConfig};
 use crate::store::{Store, StoreError};
 
@@ -65,6 +65,7 @@ type Reply<T> = oneshot::Sender<Result<T, CommandError>>;
 /// What the router can be asked to do.
 enum Command {
     Add(NewWork),
+    Reopen(Box<RestoredWork>),
     Accept(i64, String, Reply<()>),
     Decline(i64, String, Reply<()>),
     Resolve(i64, Option<String>, Option<String>, Reply<()>),
@@ -88,7 +89,7 @@ impl Command {
     fn refuse(self, leader: Option<String>) {
         let no = || CommandError::NotLeader(leader.clone());
         match self {
-            Command::Add(_) | Command::Reconfigure(..) => {}
+            Command::Add(_) | Command::Reopen(_) | Command::Reconfigure(..) => {}
             Command::Accept(.., r) | Command::Decline(.., r) | Command::Resolve(.., r) => {
                 let _ = r.send(Err(no()));
             }
@@ -213,6 +214,12 @@ impl Router {
     /// already stored as waiting, so a crash before routing only delays it.
     pub fn add(&self, work: NewWork) {
         let _ = self.tx.send(Command::Add(work));
+    }
+
+    /// Routes an inquiry a reply reopened, as the store has it. Fire and
+    /// forget, like [`Router::add`].
+    pub fn reopen(&self, work: RestoredWork) {
+        let _ = self.tx.send(Command::Reopen(Box::new(work)));
     }
 
     pub fn reconfigure(&self, roster: Arc<Roster>, config: RoutingConfig) {
@@ -444,9 +451,21 @@ async fn lead(
         }
         if do_inbox {
             match store.take_inbox(MAX_ROUND as i64).await {
-                Ok(works) => {
-                    for work in works {
-                        effects.extend(engine.add(work, now));
+                Ok(taken) => {
+                    for (work, reopened) in taken {
+                        if !reopened {
+                            effects.extend(engine.add(work, now));
+                            continue;
+                        }
+                        // A reopened inquiry comes back with its history
+                        // (who held it, who passed), as after a restart.
+                        match store.reopened_work(work.id).await {
+                            Ok(Some(r)) => effects.extend(engine.reopen(r, now)),
+                            Ok(None) => {}
+                            Err(e) => {
+                                tracing::warn!(error = %e, inquiry = work.id, "cannot read a reopened inquiry")
+                            }
+                        }
                     }
                 }
                 Err(e) => tracing::warn!(error = %e, "cannot read the routing inbox"),
@@ -459,7 +478,7 @@ async fn lead(
                 // With a shared store, new work comes through the inbox
                 // (whichever instance took it in); a direct add could
                 // arrive after the inquiry was already resolved.
-                Command::Add(_) if shared => {
+                Command::Add(_) | Command::Reopen(_) if shared => {
                     lease
                         .as_deref_mut()
                         .expect("shared")
@@ -469,6 +488,10 @@ async fn lead(
                 }
                 Command::Add(work) => {
                     effects.extend(engine.add(work, now));
+                    continue;
+                }
+                Command::Reopen(work) => {
+                    effects.extend(engine.reopen(*work, now));
                     continue;
                 }
                 Command::Reconfigure(roster, config) => {

@@ -92,18 +92,19 @@ impl Store {
     }
 
     /// Takes up to `limit` inquiries from the routing inbox, as work for
-    /// the router. Taken rows are deleted: a leader that dies before
+    /// the router, each with whether it was reopened (it has a history the
+    /// router should restore, see [`Store::reopened_work`]). Taken rows are deleted: a leader that dies before
     /// routing them leaves them open in `inquiries`, where its successor's
     /// snapshot finds them.
-    pub async fn take_inbox(&self, limit: i64) -> Result<Vec<NewWork>, StoreError> {
+    pub async fn take_inbox(&self, limit: i64) -> Result<Vec<(NewWork, bool)>, StoreError> {
         let rows = sqlx::query(
             "WITH taken AS (DELETE FROM routing_inbox WHERE inquiry_id IN ( \
                  SELECT inquiry_id FROM routing_inbox ORDER BY inquiry_id LIMIT $1 FOR UPDATE SKIP LOCKED) \
                  RETURNING inquiry_id) \
              SELECT i.id, i.medium, i.urgency, i.customer_key, i.requirements, i.sla_due_at, \
-             COALESCE(i.waiting_since, i.created_at) \
+             COALESCE(i.waiting_since, i.created_at), i.assignee \
              FROM inquiries i JOIN taken t ON t.inquiry_id = i.id \
-             WHERE i.status <> 'resolved' AND i.assignee IS NULL ORDER BY i.id",
+             WHERE i.status <> 'resolved' ORDER BY i.id",
         )
         .bind(limit)
         .fetch_all(&self.pool)
@@ -112,7 +113,8 @@ impl Store {
             .map(|r| {
                 let id: i64 = r.try_get(0)?;
                 let bad = |what: &str| StoreError::Corrupt(format!("inquiry {id}: {what}"));
-                Ok(NewWork {
+                let reopened = r.try_get::<Option<String>, _>(7)?.is_some();
+                let work = NewWork {
                     id,
                     medium: r
                         .try_get::<String, _>(1)?
@@ -131,7 +133,8 @@ impl Store {
                     },
                     sla_due: r.try_get(5)?,
                     waiting_since: r.try_get(6)?,
-                })
+                };
+                Ok((work, reopened))
             })
             .collect()
     }

@@ -93,7 +93,10 @@ impl StoreError {
 
 /// What to do about acknowledging a message, decided before the commit
 /// (by rules, later) and applied only if the message opens an inquiry:
-/// replies on an open inquiry are not acknowledged again.
+/// replies on an open inquiry are not acknowledged again, nor are replies
+/// that reopen a resolved one (the customer is in a conversation that
+/// already has its reference); a reply that opens a new inquiry linked to
+/// an old one is acknowledged like any new inquiry.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AckPlan {
     Send { template: String, language: String },
@@ -107,6 +110,10 @@ pub struct Intake {
     pub ack: AckPlan,
     /// What the rules decided; applied only if the message opens an inquiry.
     pub classification: Classified,
+    /// A resolved inquiry this message threads onto is reopened if it was
+    /// resolved at most this long ago (`threading.reopen_window`); else a
+    /// new inquiry linked to it opens. Zero never reopens.
+    pub reopen_window: Duration,
 }
 
 /// The rules' verdict on a message, stored with the inquiry it opens.
@@ -457,6 +464,15 @@ impl Store {
         routing::snapshot(&self.pool, sticky_window, to_ms(Utc::now())).await
     }
 
+    /// A reopened inquiry as the router's snapshot would restore it, for
+    /// the running router; `None` if it is resolved (again) or unknown.
+    pub async fn reopened_work(
+        &self,
+        id: i64,
+    ) -> Result<Option<crate::routing::engine::RestoredWork>, StoreError> {
+        routing::restored(&self.pool, id).await
+    }
+
     /// Woken whenever a commit adds outbox entries.
     pub fn outbox_wake(&self) -> Arc<Notify> {
         self.outbox_wake.clone()
@@ -567,6 +583,7 @@ mod tests {
                 language: "en".into(),
             },
             classification: Classified::default(),
+            reopen_window: Duration::ZERO,
         }
     }
 
@@ -698,6 +715,233 @@ mod tests {
         tokio::time::sleep(std::time::Duration::from_millis(30)).await;
         let late = store.intake(sms("s4", "+491", 10)).await.unwrap();
         assert!(late.opened, "outside the window a new inquiry opens");
+    }
+
+    const WEEK: Duration = Duration::from_secs(7 * 24 * 3600);
+
+    /// A reply on thread `thread` with the given reopen window.
+    fn reply(id: &str, thread: &str, window: Duration) -> Intake {
+        let mut m = message(id, Some(thread));
+        m.reopen_window = window;
+        m
+    }
+
+    /// Resolves inquiry `id` as the router does: status and event.
+    async fn resolve(store: &Store, id: i64, by: &str) {
+        store
+            .apply_routing(vec![
+                crate::routing::Effect::Status {
+                    inquiry_id: id,
+                    status: crate::inquiry::Status::Resolved,
+                    assignee: Some(by.into()),
+                    waiting_since: None,
+                },
+                crate::routing::Effect::Event {
+                    inquiry_id: id,
+                    kind: "resolved",
+                    detail: serde_json::json!({ "by": by }),
+                },
+            ])
+            .await
+            .unwrap();
+    }
+
+    /// Moves every recorded resolution `ago` into the past.
+    async fn resolved_ago(store: &Store, ago: Duration) {
+        sqlx::query("UPDATE inquiry_events SET at = at - ?1 WHERE kind = 'resolved'")
+            .bind(ago.as_millis() as i64)
+            .execute(&store.pool)
+            .await
+            .unwrap();
+    }
+
+    async fn detail(store: &Store, reference: &crate::inquiry::Reference) -> InquiryDetail {
+        store.inquiry(reference.as_str()).await.unwrap().unwrap()
+    }
+
+    fn kinds(d: &InquiryDetail) -> Vec<&str> {
+        d.events.iter().map(|e| e.kind.as_str()).collect()
+    }
+
+    #[tokio::test]
+    async fn a_reply_within_the_window_reopens_the_resolved_inquiry() {
+        let (_dir, store) = open_temp().await;
+        let first = store.intake(reply("r1", "t", WEEK)).await.unwrap();
+        resolve(&store, first.inquiry_id, "ben").await;
+        let again = store.intake(reply("r2", "t", WEEK)).await.unwrap();
+        assert!(again.reopened && !again.opened && !again.duplicate);
+        assert_eq!(again.inquiry, first.inquiry, "the same reference");
+        let d = detail(&store, &first.inquiry).await;
+        assert_eq!(d.inquiry.status, crate::inquiry::Status::Open);
+        assert_eq!(
+            d.inquiry.assignee.as_deref(),
+            Some("ben"),
+            "kept for routing"
+        );
+        assert_eq!(d.messages.len(), 2);
+        let reopened = d.events.iter().find(|e| e.kind == "reopened").unwrap();
+        assert_eq!(reopened.detail["provider_id"], "r2");
+        assert_eq!(reopened.detail["via"], "thread");
+        assert!(reopened.detail["resolved_at"].is_string());
+        assert_eq!(
+            store.outbox_counts().await.unwrap().pending,
+            1,
+            "a reopened inquiry is not acknowledged again"
+        );
+        // The router gets it back as stored, with who held it.
+        let work = store
+            .reopened_work(first.inquiry_id)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(work.assignee.as_deref(), Some("ben"));
+        assert_eq!(work.status, crate::inquiry::Status::Open);
+        // Idempotent: the same provider message again is a duplicate.
+        let dup = store.intake(reply("r2", "t", WEEK)).await.unwrap();
+        assert!(dup.duplicate && !dup.reopened);
+        // Open now: a further reply simply attaches.
+        let more = store.intake(reply("r3", "t", WEEK)).await.unwrap();
+        assert!(!more.reopened && !more.opened);
+        assert_eq!(more.inquiry, first.inquiry);
+        // A quoted reference reopens it too, once resolved again.
+        resolve(&store, first.inquiry_id, "ben").await;
+        let mut quoted = message("r4", None);
+        quoted.reopen_window = WEEK;
+        quoted.message.thread.reference = Some(first.inquiry.clone());
+        let by_ref = store.intake(quoted).await.unwrap();
+        assert!(by_ref.reopened);
+        assert_eq!(by_ref.inquiry, first.inquiry);
+        let d = detail(&store, &first.inquiry).await;
+        let last = d.events.iter().rfind(|e| e.kind == "reopened").unwrap();
+        assert_eq!(last.detail["via"], "reference");
+        assert!(store.reopened_work(9999).await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_reply_after_the_window_opens_a_linked_inquiry() {
+        let (_dir, store) = open_temp().await;
+        let old = store.intake(reply("l1", "t", WEEK)).await.unwrap();
+        resolve(&store, old.inquiry_id, "ben").await;
+        resolved_ago(&store, WEEK + Duration::from_secs(60)).await;
+        let late = store.intake(reply("l2", "t", WEEK)).await.unwrap();
+        assert!(late.opened && !late.reopened);
+        assert_ne!(late.inquiry, old.inquiry);
+        let new = detail(&store, &late.inquiry).await;
+        assert_eq!(new.inquiry.linked_to.as_ref(), Some(&old.inquiry));
+        assert_eq!(new.inquiry.status, crate::inquiry::Status::Open);
+        assert_eq!(kinds(&new), ["received", "linked", "ack_queued"]);
+        assert_eq!(new.events[1].detail["linked_to"], old.inquiry.as_str());
+        let was = detail(&store, &old.inquiry).await;
+        assert_eq!(was.inquiry.status, crate::inquiry::Status::Resolved);
+        assert_eq!(was.linked_from, std::slice::from_ref(&late.inquiry));
+        let link = was.events.iter().find(|e| e.kind == "linked").unwrap();
+        assert_eq!(link.detail["linked_from"], late.inquiry.as_str());
+        assert_eq!(link.detail["provider_id"], "l2");
+        assert_eq!(
+            store.outbox_counts().await.unwrap().pending,
+            2,
+            "the linked inquiry is acknowledged as a new one"
+        );
+        // Later replies to the old thread, by key or by the old reference,
+        // continue in the linked inquiry instead of opening more.
+        let next = store.intake(reply("l3", "t", WEEK)).await.unwrap();
+        assert!(!next.opened && !next.reopened);
+        assert_eq!(next.inquiry, late.inquiry);
+        let mut quoted = message("l4", None);
+        quoted.reopen_window = WEEK;
+        quoted.message.thread.reference = Some(old.inquiry.clone());
+        let by_ref = store.intake(quoted).await.unwrap();
+        assert_eq!(by_ref.inquiry, late.inquiry);
+        assert!(!by_ref.opened && !by_ref.reopened);
+        assert_eq!(detail(&store, &old.inquiry).await.messages.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_zero_window_never_reopens() {
+        let (_dir, store) = open_temp().await;
+        let old = store
+            .intake(reply("z1", "t", Duration::ZERO))
+            .await
+            .unwrap();
+        resolve(&store, old.inquiry_id, "ops").await;
+        let late = store
+            .intake(reply("z2", "t", Duration::ZERO))
+            .await
+            .unwrap();
+        assert!(late.opened && !late.reopened);
+        let new = detail(&store, &late.inquiry).await;
+        assert_eq!(new.inquiry.linked_to.as_ref(), Some(&old.inquiry));
+    }
+
+    /// Replies to one resolved inquiry that share a write batch: the first
+    /// reopens it (or opens the linked inquiry), the rest attach to that.
+    #[tokio::test]
+    async fn replies_in_one_batch_reopen_or_link_once() {
+        let (_dir, store) = open_temp().await;
+        let soon = store.intake(reply("b1", "soon", WEEK)).await.unwrap();
+        let late = store.intake(reply("b2", "late", WEEK)).await.unwrap();
+        resolve(&store, soon.inquiry_id, "ben").await;
+        resolve(&store, late.inquiry_id, "ben").await;
+        sqlx::query(
+            "UPDATE inquiry_events SET at = at - ?1 WHERE kind = 'resolved' AND inquiry_id = ?2",
+        )
+        .bind((WEEK * 2).as_millis() as i64)
+        .bind(late.inquiry_id)
+        .execute(&store.pool)
+        .await
+        .unwrap();
+        let item = |id: &str, thread: &str| MailItem {
+            intake: reply(id, thread, WEEK),
+            raw: None,
+        };
+        // Quoting the reference only: no thread key of this batch helps.
+        let quoting = |id: &str, r: &crate::inquiry::Reference| {
+            let mut intake = message(id, None);
+            intake.reopen_window = WEEK;
+            intake.message.thread.reference = Some(r.clone());
+            MailItem { intake, raw: None }
+        };
+        let outcomes = store
+            .mail_batch(MailBatch {
+                channel: "imap/test".into(),
+                mailbox: "INBOX".into(),
+                checkpoint: MailCheckpoint {
+                    uidvalidity: 1,
+                    last_uid: 5,
+                },
+                items: vec![
+                    item("b3", "soon"),
+                    item("b4", "late"),
+                    quoting("b5", &soon.inquiry),
+                    quoting("b6", &late.inquiry),
+                    item("b3", "soon"),
+                ],
+                quarantine: Vec::new(),
+            })
+            .await
+            .unwrap();
+        let flags: Vec<_> = outcomes
+            .iter()
+            .map(|o| (o.opened, o.reopened, o.duplicate))
+            .collect();
+        assert_eq!(
+            flags,
+            [
+                (false, true, false),
+                (true, false, false),
+                (false, false, false),
+                (false, false, false),
+                (false, false, true),
+            ]
+        );
+        assert_eq!(outcomes[0].inquiry, soon.inquiry);
+        assert_eq!(outcomes[2].inquiry, soon.inquiry);
+        assert_eq!(outcomes[3].inquiry, outcomes[1].inquiry);
+        let was = detail(&store, &soon.inquiry).await;
+        assert_eq!(kinds(&was).iter().filter(|k| **k == "reopened").count(), 1);
+        let linked = detail(&store, &outcomes[1].inquiry).await;
+        assert_eq!(linked.inquiry.linked_to.as_ref(), Some(&late.inquiry));
+        assert_eq!(linked.messages.len(), 2);
     }
 
     #[tokio::test]

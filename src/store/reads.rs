@@ -17,6 +17,10 @@ pub struct InquiryDetail {
     pub messages: Vec<MessageRecord>,
     pub events: Vec<EventRecord>,
     pub outbox: Vec<OutboxRecord>,
+    /// Newer inquiries linked to this one (replies that came after it had
+    /// been resolved longer than the reopen window), oldest first.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub linked_from: Vec<Reference>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -92,7 +96,7 @@ pub struct OutboxCounts {
 
 const INQUIRY_COLUMNS: &str = "id, reference, status, urgency, channel, medium, customer_name, customer_email, \
      customer_phone, customer_handle, customer_key, subject, language, created_at, updated_at, queue, assignee, \
-     requirements, sla_due_at, sla_breached, first_response_at";
+     requirements, sla_due_at, sla_breached, first_response_at, linked_to";
 
 fn inquiry_from_row(row: &AnyRow) -> Result<Inquiry, StoreError> {
     let corrupt = |e: crate::inquiry::UnknownValue| StoreError::Corrupt(e.to_string());
@@ -133,6 +137,9 @@ fn inquiry_from_row(row: &AnyRow) -> Result<Inquiry, StoreError> {
         first_response_at: row
             .try_get::<Option<i64>, _>("first_response_at")?
             .map(from_ms),
+        linked_to: row
+            .try_get::<Option<i64>, _>("linked_to")?
+            .map(Reference::from_id),
     })
 }
 
@@ -222,11 +229,22 @@ pub(super) async fn inquiry_detail(
         })
         .collect::<Result<_, StoreError>>()?;
 
+    let linked_from = sqlx::query_scalar::<_, String>(
+        "SELECT reference FROM inquiries WHERE linked_to = $1 ORDER BY id",
+    )
+    .bind(inquiry.id)
+    .fetch_all(pool)
+    .await?
+    .into_iter()
+    .map(Reference)
+    .collect();
+
     Ok(Some(InquiryDetail {
         inquiry,
         messages,
         events,
         outbox,
+        linked_from,
     }))
 }
 

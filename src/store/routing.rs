@@ -116,6 +116,66 @@ pub(super) fn write<C: Conn>(tx: &mut C, effects: &[Effect], now: i64) -> Result
     Ok(notified)
 }
 
+/// One open inquiry, as [`snapshot`] restores it (without an open offer:
+/// a reopened inquiry has none until the router makes one).
+pub(super) async fn restored(
+    pool: &sqlx::AnyPool,
+    id: i64,
+) -> Result<Option<RestoredWork>, StoreError> {
+    let Some(r) = sqlx::query(
+        "SELECT medium, urgency, customer_key, requirements, sla_due_at, \
+         COALESCE(waiting_since, created_at), status, assignee, first_response_at, sla_breached \
+         FROM inquiries WHERE id = $1 AND status <> 'resolved'",
+    )
+    .bind(id)
+    .fetch_optional(pool)
+    .await?
+    else {
+        return Ok(None);
+    };
+    let bad = |what: &str| StoreError::Corrupt(format!("inquiry {id}: {what}"));
+    let medium: Medium = r.get::<String, _>(0).parse().map_err(|_| bad("medium"))?;
+    let urgency: Urgency = r.get::<String, _>(1).parse().map_err(|_| bad("urgency"))?;
+    let status: Status = r.get::<String, _>(6).parse().map_err(|_| bad("status"))?;
+    let requirements: Requirements = match r.get::<Option<String>, _>(3) {
+        Some(text) => serde_json::from_str(&text).map_err(|_| bad("requirements"))?,
+        None => Requirements::default(),
+    };
+    let mut work = RestoredWork {
+        work: NewWork {
+            id,
+            medium,
+            urgency,
+            customer_key: r.get(2),
+            requirements,
+            sla_due: r.get(4),
+            waiting_since: r.get(5),
+        },
+        status,
+        assignee: r.get(7),
+        open_offer: None,
+        declined: Vec::new(),
+        expired: Vec::new(),
+        responded: r.get::<Option<i64>, _>(8).is_some(),
+        sla_breached: r.get::<i64, _>(9) != 0,
+    };
+    let passed = sqlx::query(
+        "SELECT associate_id, state FROM offers WHERE inquiry_id = $1 AND state IN ('declined', 'expired')",
+    )
+    .bind(id)
+    .fetch_all(pool)
+    .await?;
+    for r in passed {
+        let who: String = r.get(0);
+        if r.get::<String, _>(1) == "expired" {
+            work.expired.push(who);
+        } else {
+            work.declined.push(who);
+        }
+    }
+    Ok(Some(work))
+}
+
 /// Everything open, for the router to start from.
 pub(super) async fn snapshot(
     pool: &sqlx::AnyPool,

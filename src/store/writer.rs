@@ -25,7 +25,7 @@ use chrono::Utc;
 use rusqlite::{Connection, Transaction, TransactionBehavior};
 use tokio::sync::{Notify, mpsc, oneshot};
 
-use super::sql::{Conn, Lite};
+use super::sql::{Conn, Lite, Row};
 use super::{
     AckPlan, DeliveryRecord, DeliveryResult, Intake, IntakeOutcome, MailBatch, OutboxEntry,
     StoreError, to_ms,
@@ -666,11 +666,90 @@ fn existing_messages<C: Conn>(tx: &mut C, intakes: &[&Intake]) -> Result<Known, 
     Ok(known)
 }
 
-/// Thread keys and quoted references → the newest open inquiry they name.
+/// An earlier inquiry a message threads onto, as the store has it.
+#[derive(Debug, Clone)]
+struct Thread {
+    id: i64,
+    reference: Reference,
+    created_at: i64,
+    /// When it was last resolved; `None` while it is not resolved.
+    resolved_at: Option<i64>,
+}
+
+impl Thread {
+    /// An inquiry that is open (or was just opened or reopened).
+    fn open(id: i64, reference: Reference) -> Thread {
+        Thread {
+            id,
+            reference,
+            created_at: 0,
+            resolved_at: None,
+        }
+    }
+}
+
+/// The columns [`thread_row`] reads. A resolved inquiry's resolution time
+/// is that of its latest `resolved` event (its `updated_at` for rows
+/// without one: nothing else touches a resolved inquiry); open ones skip
+/// the lookup.
+macro_rules! thread_columns {
+    () => {
+        "i.id, i.reference, i.status, i.created_at, CASE WHEN i.status = 'resolved' THEN \
+         COALESCE((SELECT MAX(e.at) FROM inquiry_events e WHERE e.inquiry_id = i.id \
+         AND e.kind = 'resolved'), i.updated_at) END"
+    };
+}
+
+fn thread_row(r: &dyn Row) -> Result<Thread, StoreError> {
+    let resolved = r.text(2)? == Status::Resolved.as_str();
+    Ok(Thread {
+        id: r.int(0)?,
+        reference: Reference(r.text(1)?),
+        created_at: r.int(3)?,
+        resolved_at: if resolved { Some(r.int(4)?) } else { None },
+    })
+}
+
+/// Bound on the newer linked inquiries followed from the one a reply names
+/// (a guard, not an expected depth: each link is one late reply).
+const MAX_LINK_HOPS: usize = 16;
+
+/// The inquiry that continues `thread` now: a resolved inquiry that a late
+/// reply already continued in a new linked inquiry hands later replies on
+/// to that one (so two late replies to an old mail thread do not open two
+/// inquiries), unless it was itself reopened and resolved again since.
+fn latest<C: Conn>(tx: &mut C, mut thread: Thread) -> Result<Thread, StoreError> {
+    for _ in 0..MAX_LINK_HOPS {
+        let Some(resolved_at) = thread.resolved_at else {
+            break;
+        };
+        let newer = tx.query_opt(
+            concat!(
+                "SELECT ",
+                thread_columns!(),
+                " FROM inquiries i WHERE i.linked_to = $1 ORDER BY i.id DESC LIMIT 1"
+            ),
+            &[&thread.id],
+            thread_row,
+        )?;
+        let Some(newer) = newer else {
+            break;
+        };
+        if newer.created_at < resolved_at {
+            break;
+        }
+        thread = newer;
+    }
+    Ok(thread)
+}
+
+/// Thread keys and quoted references → the inquiry they name: for a key,
+/// the newest open inquiry holding it, else the newest resolved one; a
+/// resolved inquiry is followed to the newer inquiry linked to it, if any.
 #[derive(Default)]
-struct OpenThreads {
-    by_key: HashMap<String, (i64, Reference)>,
-    by_reference: HashMap<String, i64>,
+struct Threads {
+    by_key: HashMap<String, Thread>,
+    by_reference: HashMap<String, Thread>,
     /// `(customer_key, channel)` → newest open inquiry and its last activity.
     by_customer: HashMap<(String, String), (i64, Reference, i64)>,
 }
@@ -683,20 +762,28 @@ fn follow_up_key(intake: &Intake) -> Option<(String, String)> {
     Some((m.customer_key.clone()?, m.channel.to_string()))
 }
 
-fn open_threads<C: Conn>(tx: &mut C, intakes: &[&Intake]) -> Result<OpenThreads, StoreError> {
-    let mut threads = OpenThreads::default();
+fn open_threads<C: Conn>(tx: &mut C, intakes: &[&Intake]) -> Result<Threads, StoreError> {
+    let mut threads = Threads::default();
     for key in intakes
         .iter()
         .flat_map(|i| i.message.thread.refers_to.iter())
     {
+        if threads.by_key.contains_key(key) {
+            continue;
+        }
         let found = tx.query_opt(
-            "SELECT i.id, i.reference FROM thread_keys t JOIN inquiries i ON i.id = t.inquiry_id \
-             WHERE t.key = $1 AND i.status <> 'resolved' ORDER BY i.id DESC LIMIT 1",
+            concat!(
+                "SELECT ",
+                thread_columns!(),
+                " FROM thread_keys t JOIN inquiries i ON i.id = t.inquiry_id WHERE t.key = $1 \
+                 ORDER BY CASE WHEN i.status = 'resolved' THEN 1 ELSE 0 END, i.id DESC LIMIT 1"
+            ),
             &[key],
-            |r| Ok((r.int(0)?, Reference(r.text(1)?))),
+            thread_row,
         )?;
         if let Some(found) = found {
-            threads.by_key.insert(key.clone(), found);
+            let current = latest(tx, found)?;
+            threads.by_key.insert(key.clone(), current);
         }
     }
     for r in intakes
@@ -706,13 +793,21 @@ fn open_threads<C: Conn>(tx: &mut C, intakes: &[&Intake]) -> Result<OpenThreads,
         let Some(wanted) = Reference::to_id(&r.0) else {
             continue;
         };
+        if threads.by_reference.contains_key(&r.0) {
+            continue;
+        }
         let found = tx.query_opt(
-            "SELECT id FROM inquiries WHERE id = $1 AND status <> 'resolved'",
+            concat!(
+                "SELECT ",
+                thread_columns!(),
+                " FROM inquiries i WHERE i.id = $1"
+            ),
             &[&wanted],
-            |row| row.int(0),
+            thread_row,
         )?;
-        if let Some(id) = found {
-            threads.by_reference.insert(r.0.clone(), id);
+        if let Some(found) = found {
+            let current = latest(tx, found)?;
+            threads.by_reference.insert(r.0.clone(), current);
         }
     }
     for key in intakes.iter().filter_map(|i| follow_up_key(i)) {
@@ -729,24 +824,59 @@ fn open_threads<C: Conn>(tx: &mut C, intakes: &[&Intake]) -> Result<OpenThreads,
     Ok(threads)
 }
 
+/// What earlier messages of the same batch did to the inquiries the store
+/// knew: later messages must see it.
+#[derive(Default)]
+struct BatchThreads {
+    /// Resolved inquiries reopened in this batch.
+    reopened: HashSet<i64>,
+    /// Resolved inquiry → the new inquiry linked to it in this batch.
+    successors: HashMap<i64, Thread>,
+}
+
+impl BatchThreads {
+    fn current(&self, thread: &Thread) -> Thread {
+        if let Some(next) = self.successors.get(&thread.id) {
+            return next.clone();
+        }
+        if self.reopened.contains(&thread.id) {
+            return Thread::open(thread.id, thread.reference.clone());
+        }
+        thread.clone()
+    }
+}
+
 /// The rows one batch of intakes writes, decided in memory first.
 #[derive(Default)]
 struct Plan<'a> {
     outcomes: Vec<IntakeOutcome>,
-    inquiries: Vec<(i64, &'a Intake)>,
+    /// New inquiries, with the resolved inquiry each continues, if any.
+    inquiries: Vec<(i64, &'a Intake, Option<i64>)>,
     messages: Vec<(i64, &'a Intake)>,
     thread_keys: Vec<(String, i64)>,
     events: Vec<(i64, &'static str, String)>,
     outbox: Vec<(i64, &'a Intake, String)>,
     touched: Vec<i64>,
+    /// Resolved inquiries a reply reopens.
+    reopened: Vec<i64>,
     now: i64,
+}
+
+/// Where a message goes, once the thread it names (if any) is known.
+enum Placement {
+    /// Onto an open inquiry.
+    Attach(i64, Reference),
+    /// Onto a resolved inquiry, reopening it.
+    Reopen(Thread),
+    /// A new inquiry, continuing a resolved one when given.
+    Open(Option<Thread>),
 }
 
 impl<'a> Plan<'a> {
     fn build(
         intakes: &[&'a Intake],
         known: &Known,
-        threads: &OpenThreads,
+        threads: &Threads,
         next_id: &mut dyn FnMut() -> i64,
         now: i64,
     ) -> Plan<'a> {
@@ -758,6 +888,7 @@ impl<'a> Plan<'a> {
         let mut batch_known: Known = HashMap::new();
         let mut batch_keys: HashMap<String, (i64, Reference)> = HashMap::new();
         let mut batch_customers: HashMap<(String, String), (i64, Reference, i64)> = HashMap::new();
+        let mut batch_threads = BatchThreads::default();
         for &intake in intakes {
             let m = &intake.message;
             let key = (m.channel.to_string(), m.provider_id.clone());
@@ -767,33 +898,111 @@ impl<'a> Plan<'a> {
                     inquiry_id: *id,
                     duplicate: true,
                     opened: false,
+                    reopened: false,
                     language: None,
                 });
                 continue;
             }
-            let existing =
-                m.thread
-                    .reference
-                    .as_ref()
-                    .and_then(|r| threads.by_reference.get(&r.0).map(|id| (*id, r.clone())))
-                    .or_else(|| {
-                        m.thread.refers_to.iter().find_map(|k| {
-                            batch_keys.get(k).or_else(|| threads.by_key.get(k)).cloned()
-                        })
-                    })
-                    .or_else(|| {
-                        let key = follow_up_key(intake)?;
-                        let window = m.thread.follow_up_window?.as_millis() as i64;
-                        let (id, reference, active) = batch_customers
-                            .get(&key)
-                            .or_else(|| threads.by_customer.get(&key))?;
-                        (*active >= now - window).then(|| (*id, reference.clone()))
-                    });
-            let (id, reference, opened) = match existing {
-                Some((id, reference)) => (id, reference, false),
-                None => {
+            let by_reference = m
+                .thread
+                .reference
+                .as_ref()
+                .and_then(|r| threads.by_reference.get(&r.0))
+                .map(|t| batch_threads.current(t));
+            let by_key: Vec<Thread> = m
+                .thread
+                .refers_to
+                .iter()
+                .filter_map(|k| match batch_keys.get(k) {
+                    Some((id, reference)) => Some(Thread::open(*id, reference.clone())),
+                    None => threads.by_key.get(k).map(|t| batch_threads.current(t)),
+                })
+                .collect();
+            let by_customer = || {
+                let key = follow_up_key(intake)?;
+                let window = m.thread.follow_up_window?.as_millis() as i64;
+                let (id, reference, active) = batch_customers
+                    .get(&key)
+                    .or_else(|| threads.by_customer.get(&key))?;
+                (*active >= now - window).then(|| Thread::open(*id, reference.clone()))
+            };
+            // An open inquiry found any way wins over a resolved one, so
+            // messages thread onto open inquiries exactly as before.
+            let named = || {
+                by_reference
+                    .iter()
+                    .map(|t| (t, "reference"))
+                    .chain(by_key.iter().map(|t| (t, "thread")))
+            };
+            let found = named()
+                .find(|(t, _)| t.resolved_at.is_none())
+                .map(|(t, via)| (t.clone(), via))
+                .or_else(|| by_customer().map(|t| (t, "follow_up")))
+                .or_else(|| named().next().map(|(t, via)| (t.clone(), via)));
+            let window = i64::try_from(intake.reopen_window.as_millis()).unwrap_or(i64::MAX);
+            let placement = match &found {
+                None => Placement::Open(None),
+                Some((t, _)) => match t.resolved_at {
+                    None => Placement::Attach(t.id, t.reference.clone()),
+                    Some(at) if window > 0 && at >= now.saturating_sub(window) => {
+                        Placement::Reopen(t.clone())
+                    }
+                    Some(_) => Placement::Open(Some(t.clone())),
+                },
+            };
+            let via = found.as_ref().map(|(_, via)| *via);
+            let detail = serde_json::json!({
+                "channel": m.channel.to_string(),
+                "provider_id": m.provider_id,
+            });
+            let resolution = |t: &Thread| {
+                serde_json::json!({
+                    "via": via,
+                    "resolved_at": t.resolved_at.map(|at| super::from_ms(at).to_rfc3339()),
+                    "reopen_window": humantime::format_duration(intake.reopen_window).to_string(),
+                })
+            };
+            let (id, reference, opened, reopened) = match placement {
+                Placement::Attach(id, reference) => {
+                    plan.touched.push(id);
+                    plan.events.push((id, "message_added", detail.to_string()));
+                    (id, reference, false, false)
+                }
+                Placement::Reopen(t) => {
+                    let mut why = resolution(&t);
+                    why["channel"] = detail["channel"].clone();
+                    why["provider_id"] = detail["provider_id"].clone();
+                    tracing::info!(inquiry = %t.reference, via, "a reply reopens a resolved inquiry");
+                    plan.reopened.push(t.id);
+                    plan.events.push((t.id, "reopened", why.to_string()));
+                    batch_threads.reopened.insert(t.id);
+                    (t.id, t.reference, false, true)
+                }
+                Placement::Open(previous) => {
                     let id = next_id();
-                    (id, Reference::from_id(id), true)
+                    let reference = Reference::from_id(id);
+                    plan.inquiries
+                        .push((id, intake, previous.as_ref().map(|t| t.id)));
+                    plan.events.push((id, "received", detail.to_string()));
+                    if let Some(t) = previous {
+                        let mut to = resolution(&t);
+                        to["linked_to"] = serde_json::json!(t.reference);
+                        plan.events.push((id, "linked", to.to_string()));
+                        let mut from = detail.clone();
+                        from["linked_from"] = serde_json::json!(reference);
+                        plan.events.push((t.id, "linked", from.to_string()));
+                        tracing::info!(
+                            inquiry = %reference,
+                            linked_to = %t.reference,
+                            via,
+                            "a reply to an inquiry resolved before the reopen window opens a linked one"
+                        );
+                        batch_threads
+                            .successors
+                            .insert(t.id, Thread::open(id, reference.clone()));
+                    }
+                    plan.open(id, intake);
+                    (id, reference, true, false)
                 }
             };
             for k in &m.thread.provides {
@@ -805,60 +1014,55 @@ impl<'a> Plan<'a> {
                 batch_customers.insert(customer, (id, reference.clone(), now));
             }
             plan.messages.push((id, intake));
-            let detail = serde_json::json!({
-                "channel": m.channel.to_string(),
-                "provider_id": m.provider_id,
-            });
-            if opened {
-                plan.inquiries.push((id, intake));
-                plan.events.push((id, "received", detail.to_string()));
-                if !intake.classification.trace.is_null() {
-                    plan.events
-                        .push((id, "classified", intake.classification.trace.to_string()));
-                }
-                match &intake.ack {
-                    AckPlan::Send { template, language } => {
-                        let payload = serde_json::json!({
-                            "template": template,
-                            "language": language,
-                            "in_reply_to": m.provider_id,
-                            "reply_context": m.reply_context,
-                        });
-                        plan.outbox.push((id, intake, payload.to_string()));
-                        let queued =
-                            serde_json::json!({ "template": template, "language": language });
-                        plan.events.push((id, "ack_queued", queued.to_string()));
-                    }
-                    AckPlan::Skip { reason } => {
-                        let skipped = serde_json::json!({ "reason": reason });
-                        plan.events.push((id, "ack_skipped", skipped.to_string()));
-                    }
-                }
-            } else {
-                plan.touched.push(id);
-                plan.events.push((id, "message_added", detail.to_string()));
-            }
             plan.outcomes.push(IntakeOutcome {
                 inquiry: reference,
                 inquiry_id: id,
                 duplicate: false,
                 opened,
+                reopened,
                 language: None,
             });
         }
         plan
     }
 
+    /// The classification and acknowledgement events (and the outbox
+    /// entry) of a newly opened inquiry.
+    fn open(&mut self, id: i64, intake: &'a Intake) {
+        let m = &intake.message;
+        if !intake.classification.trace.is_null() {
+            self.events
+                .push((id, "classified", intake.classification.trace.to_string()));
+        }
+        match &intake.ack {
+            AckPlan::Send { template, language } => {
+                let payload = serde_json::json!({
+                    "template": template,
+                    "language": language,
+                    "in_reply_to": m.provider_id,
+                    "reply_context": m.reply_context,
+                });
+                self.outbox.push((id, intake, payload.to_string()));
+                let queued = serde_json::json!({ "template": template, "language": language });
+                self.events.push((id, "ack_queued", queued.to_string()));
+            }
+            AckPlan::Skip { reason } => {
+                let skipped = serde_json::json!({ "reason": reason });
+                self.events.push((id, "ack_skipped", skipped.to_string()));
+            }
+        }
+    }
+
     fn write<C: Conn>(&self, tx: &mut C, dialect: &Dialect<'_>) -> Result<(), StoreError> {
         let now = self.now;
-        for (id, intake) in &self.inquiries {
+        for (id, intake, linked_to) in &self.inquiries {
             let m = &intake.message;
             let c = &intake.classification;
             tx.exec(
                 "INSERT INTO inquiries (id, reference, channel, medium, status, urgency, customer_name, \
                  customer_email, customer_phone, customer_handle, customer_key, subject, language, \
-                 created_at, updated_at, queue, requirements, sla_due_at, waiting_since) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $15)",
+                 created_at, updated_at, queue, requirements, sla_due_at, waiting_since, linked_to) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $15, $19)",
                 &[
                     id,
                     &Reference::from_id(*id).0,
@@ -878,6 +1082,7 @@ impl<'a> Plan<'a> {
                     &c.requirements.queue.as_deref(),
                     &serde_json::to_string(&c.requirements).unwrap_or_default(),
                     &c.sla_due_at.map(to_ms),
+                    linked_to,
                 ],
             )?;
         }
@@ -922,10 +1127,20 @@ impl<'a> Plan<'a> {
                 &[&now, id],
             )?;
         }
+        // Back in the queue from now; the assignee stays, so the router
+        // (and a restart's snapshot) can prefer whoever held it before.
+        for id in &self.reopened {
+            tx.exec(
+                "UPDATE inquiries SET status = $1, waiting_since = $2, updated_at = $2 \
+                 WHERE id = $3 AND status = 'resolved'",
+                &[&Status::Open.as_str(), &now, id],
+            )?;
+        }
         if matches!(dialect, Dialect::Postgres { .. }) {
             // The routing leader may run on another instance: it takes new
             // inquiries from this queue (see `store::cluster`).
-            for (id, _) in &self.inquiries {
+            let opened = self.inquiries.iter().map(|(id, ..)| id);
+            for id in opened.chain(&self.reopened) {
                 tx.exec(
                     "INSERT INTO routing_inbox (inquiry_id) VALUES ($1) ON CONFLICT DO NOTHING",
                     &[id],
