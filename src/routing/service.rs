@@ -166,6 +166,7 @@ impl Router {
         let (tx, rx) = mpsc::unbounded_channel();
         if let Some(leadership) = leadership.filter(|_| store.shared().is_some()) {
             let state = Arc::new(LeaderState::default());
+            let (first, settled) = oneshot::channel();
             let task = tokio::spawn(run_cluster(
                 Setup {
                     store,
@@ -176,7 +177,11 @@ impl Router {
                 state.clone(),
                 rx,
                 shutdown,
+                first,
             ));
+            // A sole instance (or the one that wins) leads before it says it
+            // started: its first routing requests do not meet "no leader".
+            let _ = settled.await;
             return Ok((
                 Router {
                     tx,
@@ -321,7 +326,9 @@ async fn run_cluster(
     state: Arc<LeaderState>,
     mut rx: mpsc::UnboundedReceiver<Command>,
     shutdown: CancellationToken,
+    first: oneshot::Sender<()>,
 ) {
+    let mut first = Some(first);
     let store = setup.store.clone();
     let url = leadership.advertise_url.clone();
     let retry = leadership.lease_ttl / 3;
@@ -349,6 +356,9 @@ async fn run_cluster(
                         }
                         Err(e) => tracing::warn!(error = %e, "cannot reach the store to take the routing lease"),
                     }
+                    if let Some(first) = first.take() {
+                        let _ = first.send(());
+                    }
                 }
             }
         }
@@ -370,6 +380,9 @@ async fn run_cluster(
         );
         state.set(true, Some(url.clone()));
         tracing::info!(open, "this instance is the routing leader");
+        if let Some(first) = first.take() {
+            let _ = first.send(());
+        }
         let mut lease = Lease {
             leadership: &leadership,
             renew: tokio::time::interval(retry),

@@ -48,7 +48,7 @@ pub enum StoreError {
     Database(#[from] sqlx::Error),
     #[error("database error: {0}")]
     Sqlite(#[from] rusqlite::Error),
-    #[error("database error: {0}")]
+    #[error("database error: {}", pg_detail(.0))]
     Postgres(#[from] ::postgres::Error),
     #[error("the store is unavailable: {0}")]
     Unavailable(String),
@@ -519,6 +519,15 @@ impl Store {
             return Err(StoreError::Closed);
         }
         self.jobs.send(job).await.map_err(|_| StoreError::Closed)
+    }
+}
+
+/// The server's own message (and code), which `postgres::Error`'s
+/// display leaves out.
+fn pg_detail(e: &::postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{} ({})", db.message(), db.code().code()),
+        None => e.to_string(),
     }
 }
 

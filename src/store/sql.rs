@@ -83,6 +83,10 @@ impl PgToSql for Value<'_> {
     ) -> Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
         match *self {
             Value::Null => Ok(IsNull::Yes),
+            // Where PostgreSQL inferred a narrower integer for a parameter
+            // (e.g. next to an int literal), send that width.
+            Value::Int(i) if *ty == Type::INT4 => i32::try_from(i)?.to_sql(ty, out),
+            Value::Int(i) if *ty == Type::INT2 => i16::try_from(i)?.to_sql(ty, out),
             Value::Int(i) => i.to_sql(ty, out),
             Value::Text(t) => t.to_sql(ty, out),
             Value::Bytes(b) => b.to_sql(ty, out),

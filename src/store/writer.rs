@@ -502,7 +502,7 @@ fn lock_key(text: &str) -> i64 {
 /// Ids a batch does not use (duplicates, replies) become gaps, never reuse.
 fn sequence_ids<C: Conn>(tx: &mut C, n: usize) -> Result<Vec<i64>, StoreError> {
     tx.query(
-        "SELECT nextval('inquiry_ids') FROM generate_series(1, $1)",
+        "SELECT nextval('inquiry_ids') FROM generate_series(1, $1::bigint)",
         &[&(n as i64)],
         |r| r.int(0),
     )

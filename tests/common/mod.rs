@@ -28,6 +28,8 @@ pub struct Setup {
     /// `store.url`: SQLite in `dir`, or a fresh PostgreSQL database when the
     /// suite runs against PostgreSQL (see [`pg::suite_server`]).
     pub store_url: String,
+    /// A `[cluster]` table for the PostgreSQL pass, else empty.
+    pub cluster: String,
 }
 
 impl Setup {
@@ -46,14 +48,27 @@ impl Setup {
             "Hallo {{ customer_name or '' }}, Ihre Referenz ist {{ reference }}.",
         )
         .unwrap();
-        let store_url = match pg::suite_server() {
-            Some(admin) => pg::create_database(&admin),
-            None => format!(
-                "sqlite://{}",
-                dir.path().join("data").join("switchboard.sqlite").display()
+        let (store_url, cluster) = match pg::suite_server() {
+            Some(admin) => {
+                let url = pg::create_database(&admin);
+                // A stable name: a restarted daemon resumes its own leases
+                // at once instead of waiting for them to expire.
+                let name = url.rsplit('/').next().unwrap_or("test").to_owned();
+                (url, format!("[cluster]\ninstance = \"{name}\"\n"))
+            }
+            None => (
+                format!(
+                    "sqlite://{}",
+                    dir.path().join("data").join("switchboard.sqlite").display()
+                ),
+                String::new(),
             ),
         };
-        let setup = Setup { dir, store_url };
+        let setup = Setup {
+            dir,
+            store_url,
+            cluster,
+        };
         setup.write_config(&setup.config_text(reply_url, ""));
         setup
     }
@@ -84,12 +99,14 @@ max_attempts = 5
 request_timeout = "2s"
 poll_interval = "50ms"
 
+{cluster}
 [channels.generic.shop]
 secret = "{SECRET}"
 {reply}
 {extra}
 "#,
             db = self.store_url,
+            cluster = self.cluster,
         )
     }
 
