@@ -44,8 +44,9 @@ impl PgServer {
         script(&["stop", &self.dir.path().display().to_string()]);
     }
 
-    pub fn start_again(&self) {
-        script(&["restart", &self.dir.path().display().to_string()]);
+    /// The server's folder, for [`start_again_at`] from another thread.
+    pub fn dir(&self) -> std::path::PathBuf {
+        self.dir.path().to_path_buf()
     }
 }
 
@@ -53,6 +54,11 @@ impl Drop for PgServer {
     fn drop(&mut self) {
         script(&["stop", &self.dir.path().display().to_string()]);
     }
+}
+
+/// Starts the stopped server in `dir` again, on its port.
+pub fn start_again_at(dir: &Path) {
+    script(&["restart", &dir.display().to_string()]);
 }
 
 fn script(args: &[&str]) -> Vec<u8> {
