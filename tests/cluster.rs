@@ -106,7 +106,15 @@ impl Cluster {
         path: &str,
         body: Option<Value>,
     ) -> (u16, Value) {
-        api(&self.client, self.daemon(i), method, path, &token(who), body).await
+        api(
+            &self.client,
+            self.daemon(i),
+            method,
+            path,
+            &token(who),
+            body,
+        )
+        .await
     }
 
     async fn ops_get(&self, i: usize, path: &str) -> Value {
@@ -181,9 +189,7 @@ async fn three_instances_one_inquiry_per_message_and_one_assignee_within_capacit
     let (holder, other) = eventually(Duration::from_secs(15), "an offer", || async {
         for (who, other) in [("anna", "ben"), ("ben", "anna")] {
             let path = format!("/api/v1/associates/{who}/offers");
-            let (status, body) = cluster
-                .as_associate(1, who, Method::GET, &path, None)
-                .await;
+            let (status, body) = cluster.as_associate(1, who, Method::GET, &path, None).await;
             if status == 200 && body.to_string().contains(&reference) {
                 return Some((who, other));
             }
@@ -262,7 +268,13 @@ async fn three_instances_one_inquiry_per_message_and_one_assignee_within_capacit
     // Presence set through one instance is what the leader routes by.
     let path = format!("/api/v1/associates/{holder}/presence");
     let (status, body) = cluster
-        .as_associate(1, holder, Method::PUT, &path, Some(json!({"presence": "away"})))
+        .as_associate(
+            1,
+            holder,
+            Method::PUT,
+            &path,
+            Some(json!({"presence": "away"})),
+        )
         .await;
     assert_eq!(status, 200, "{body}");
     let (status, list) = api(

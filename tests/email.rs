@@ -17,7 +17,11 @@ const WAIT: Duration = Duration::from_secs(30);
 /// A daemon config watching `support@example.test`'s INBOX over IMAPS and
 /// acknowledging through Postfix. `imap_extra` adds keys to the channel.
 fn email_setup(servers: &MailServers, imap_extra: &str) -> Setup {
-    let setup = Setup::new(None);
+    email_config(Setup::new(None), servers, imap_extra)
+}
+
+/// Writes the email config of [`email_setup`] into `setup`.
+fn email_config(setup: Setup, servers: &MailServers, imap_extra: &str) -> Setup {
     let extra = format!(
         r#"
 [smtp]
@@ -962,4 +966,79 @@ async fn a_reply_to_a_resolved_inquiry_reopens_it_or_opens_a_linked_one() {
     let acks = wait_acks(&servers, 2).await;
     let subjects: Vec<String> = acks.iter().filter_map(|a| header(a, "Subject")).collect();
     assert!(subjects.iter().any(|s| s.contains(&linked)), "{subjects:?}");
+}
+
+/// Two instances on one PostgreSQL watch the same mailbox: one polls it
+/// (it holds the mailbox's lease); after a `kill -9` of that one, the other
+/// takes the mailbox over from the committed checkpoint within about a
+/// lease's lifetime, and no mail is imported twice or skipped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_instances_mailbox_is_taken_over_from_the_checkpoint() {
+    let servers = MailServers::start(&[]);
+    let pg = common::pg::PgServer::start();
+    let url = common::pg::create_database(&pg.admin_url);
+    let setups: Vec<Setup> = (0..2)
+        .map(|i| {
+            let mut setup = Setup::new(None);
+            setup.store_url = url.clone();
+            setup.cluster = format!("[cluster]\ninstance = \"mail-{i}\"\nlease_ttl = \"3s\"\n");
+            email_config(setup, &servers, "")
+        })
+        .collect();
+    let mut daemons: Vec<Option<Daemon>> = setups.iter().map(|s| Some(s.start())).collect();
+    let client = http();
+    let send = |n: std::ops::Range<usize>| {
+        for i in n {
+            servers.send(
+                CUSTOMER,
+                &[SUPPORT],
+                &mail_from_customer(
+                    Some(&format!("takeover-{i}@customer.test")),
+                    &format!("Question {i}"),
+                    "",
+                    "Where is my card?",
+                ),
+            );
+        }
+    };
+    let count = |d: &Daemon| {
+        let (client, d) = (client.clone(), d.url(""));
+        async move {
+            let r = client
+                .get(format!(
+                    "{d}/api/v1/inquiries?channel=imap/support&limit=500"
+                ))
+                .bearer_auth(common::TOKEN)
+                .send()
+                .await
+                .unwrap();
+            let v: serde_json::Value = r.json().await.unwrap();
+            v["inquiries"].as_array().map_or(0, Vec::len)
+        }
+    };
+    send(0..5);
+    eventually(WAIT, "5 mails taken", || async {
+        (count(daemons[0].as_ref().unwrap()).await == 5).then_some(())
+    })
+    .await;
+    let polls = |d: &Daemon| d.log_contains("this instance polls the mailbox");
+    let holder = (0..2)
+        .find(|i| polls(daemons[*i].as_ref().unwrap()))
+        .expect("one instance polls the mailbox");
+    let other = 1 - holder;
+    assert!(!polls(daemons[other].as_ref().unwrap()), "only one polls");
+    daemons[holder].as_mut().unwrap().kill9();
+    daemons[holder] = None;
+
+    send(5..10);
+    let survivor = daemons[other].as_ref().unwrap();
+    eventually(
+        WAIT,
+        "the other instance takes the mailbox over",
+        || async { (count(survivor).await == 10).then_some(()) },
+    )
+    .await;
+    assert!(polls(survivor));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(count(survivor).await, 10, "nothing imported twice");
 }

@@ -155,7 +155,7 @@ pub(super) fn spawn_postgres(
 ) -> Result<oneshot::Receiver<()>, StoreError> {
     let (synced, to_answer) = std::sync::mpsc::channel();
     let mut writer = Writer {
-        db: Db::Postgres(super::postgres::Writer::new(target)),
+        db: Db::Postgres(Box::new(super::postgres::Writer::new(target))),
         synced,
     };
     let syncer = Syncer {
@@ -212,7 +212,7 @@ enum Db {
         /// derived before the insert; this writer is the only one.
         next_inquiry_id: i64,
     },
-    Postgres(super::postgres::Writer),
+    Postgres(Box<super::postgres::Writer>),
 }
 
 /// What a batch needs to know about the backend it runs on.
