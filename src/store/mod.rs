@@ -511,6 +511,20 @@ impl Store {
         {
             tracing::error!("the store writer stopped abnormally");
         }
+        if let Some(shared) = &self.shared {
+            // Entries this instance claimed but did not deliver (cut off by
+            // the drain) go back to the others now, not after the lease.
+            let released = sqlx::query(
+                "UPDATE outbox SET claimed_by = NULL, claimed_until = NULL \
+                 WHERE claimed_by = $1 AND status = 'pending'",
+            )
+            .bind(shared.instance.as_str())
+            .execute(&self.pool)
+            .await;
+            if let Err(e) = released {
+                tracing::warn!(error = %e, "cannot release outbox claims; they lapse after store.claim_lease");
+            }
+        }
         self.pool.close().await;
     }
 
