@@ -7,7 +7,11 @@
 //!    of 500 over IMAPS + mail-parser, no store);
 //! 3. mbsync (isync) downloading the same mailbox into a local Maildir;
 //! 4. the daemon, from start to all 10,000 messages committed (no SMTP);
-//! 5. the daemon again on a fresh store with `[smtp]` to Postfix: the
+//! 5. the SMTP floor: a bare loop of lettre SMTP connections (the same pool
+//!    size, `TCP_NODELAY`, as `src/channels/smtp.rs` opens them) sending as
+//!    many acknowledgement-like mails to the same Postfix as the daemon
+//!    will, nothing stored;
+//! 6. the daemon again on a fresh store with `[smtp]` to Postfix: the
 //!    acknowledgement throughput through the outbox (sent entries over the
 //!    span of their `done_at`).
 //!
@@ -22,10 +26,21 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use futures::TryStreamExt;
+use lettre::message::{MultiPart, SinglePart, header::ContentType};
+use lettre::transport::smtp::client::{AsyncSmtpConnection, AsyncTokioStream};
+use lettre::transport::smtp::extension::ClientId;
 use mail::{MailServers, SUPPORT};
 use switchboard::channels::imap::{Config as ImapConfig, ImapChannel, mailbox};
 
 const CUSTOMERS: usize = 50;
+/// `[smtp] pool_size` of the daemon run, and connections of the SMTP floor.
+const SMTP_POOL: usize = 16;
+
+/// Whether message `i` gets an acknowledgement: threaded replies (kind 7)
+/// and auto-replies (kind 8) do not.
+fn acknowledged(i: usize) -> bool {
+    !matches!(i % 10, 7 | 8)
+}
 
 fn customer(i: usize) -> String {
     format!("c{}@customer.test", i % CUSTOMERS)
@@ -220,12 +235,114 @@ fn mbsync(servers: &MailServers, work: &Path) -> Option<(Duration, usize)> {
     Some((took, count))
 }
 
+/// The SMTP floor: `SMTP_POOL` lettre connections over `TCP_NODELAY`
+/// streams, each sending its share of one acknowledgement-like mail per
+/// acknowledged benchmark message, built and sent in the loop. Returns the
+/// time and the mails accepted by Postfix.
+async fn smtp_floor(servers: &MailServers, n: usize) -> (Duration, usize) {
+    let targets: Vec<usize> = (0..n).filter(|&i| acknowledged(i)).collect();
+    let port = servers.smtp_port;
+    let start = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for part in 0..SMTP_POOL {
+        let mine: Vec<usize> = targets
+            .iter()
+            .copied()
+            .skip(part)
+            .step_by(SMTP_POOL)
+            .collect();
+        tasks.spawn(async move {
+            let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .unwrap();
+            tcp.set_nodelay(true).unwrap();
+            let stream: Box<dyn AsyncTokioStream> = Box::new(tcp);
+            let hello = ClientId::Domain("example.test".into());
+            let mut conn = AsyncSmtpConnection::connect_with_transport(stream, &hello)
+                .await
+                .unwrap();
+            let mut sent = 0;
+            for i in mine {
+                let text = format!(
+                    "Hello Customer {}, we have your message. Your reference is INQ-{i:06}.",
+                    i % CUSTOMERS
+                );
+                let html = format!("<!DOCTYPE html>\n<html><body><p>{text}</p></body></html>\n");
+                let message = lettre::Message::builder()
+                    .from(format!("Support <{SUPPORT}>").parse().unwrap())
+                    .to(format!("Customer <{}>", customer(i)).parse().unwrap())
+                    .subject(format!("Re: Order {i} missing [INQ-{i:06}]"))
+                    .message_id(Some(format!("<INQ-{i:06}.ack-{i}@example.test>")))
+                    .in_reply_to(format!("<bench-{i}@customer.test>"))
+                    .multipart(
+                        MultiPart::alternative()
+                            .singlepart(
+                                SinglePart::builder()
+                                    .header(ContentType::TEXT_PLAIN)
+                                    .body(text),
+                            )
+                            .singlepart(
+                                SinglePart::builder()
+                                    .header(ContentType::TEXT_HTML)
+                                    .body(html),
+                            ),
+                    )
+                    .unwrap();
+                conn.send(message.envelope(), &message.formatted())
+                    .await
+                    .unwrap();
+                sent += 1;
+            }
+            let _ = conn.quit().await;
+            sent
+        });
+    }
+    let mut sent = 0;
+    while let Some(r) = tasks.join_next().await {
+        sent += r.unwrap();
+    }
+    (start.elapsed(), sent)
+}
+
+/// Waits (bounded) until Postfix has handed every queued mail on to
+/// Dovecot, so one phase's deliveries do not load the next phase.
+fn wait_postfix_idle(servers: &MailServers) {
+    fn files(dir: &Path) -> usize {
+        std::fs::read_dir(dir)
+            .map(|r| {
+                r.filter_map(Result::ok)
+                    .map(|e| {
+                        let p = e.path();
+                        if p.is_dir() { files(&p) } else { 1 }
+                    })
+                    .sum()
+            })
+            .unwrap_or(0)
+    }
+    let queue = servers.dir.path().join("postfix/queue");
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while Instant::now() < deadline {
+        let queued: usize = ["maildrop", "incoming", "active", "deferred"]
+            .iter()
+            .map(|d| files(&queue.join(d)))
+            .sum();
+        if queued == 0 {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    eprintln!("Postfix still has mail queued after 300 s");
+}
+
 struct DaemonRun {
     intake: Duration,
     messages: i64,
     inquiries: i64,
     acks_sent: i64,
     ack_rate: Option<f64>,
+    /// Acknowledgements sent after intake had finished, and their rate.
+    acks_after_intake: i64,
+    ack_rate_after_intake: Option<f64>,
 }
 
 fn run_daemon(servers: &MailServers, work: &Path, n: usize, with_smtp: bool) -> DaemonRun {
@@ -236,10 +353,17 @@ fn run_daemon(servers: &MailServers, work: &Path, n: usize, with_smtp: bool) -> 
         "Hello {{ customer_name or 'there' }}, we have your message. Your reference is {{ reference }}.",
     )
     .unwrap();
+    // With an HTML variant, as the floor's mails: multipart/alternative.
+    std::fs::write(
+        dir.join("templates/ack.en.html"),
+        "<!DOCTYPE html>\n<html><body><p>Hello {{ customer_name or 'there' }}, we have your message. \
+         Your reference is {{ reference }}.</p></body></html>",
+    )
+    .unwrap();
     let db: PathBuf = dir.join("switchboard.sqlite");
     let smtp = if with_smtp {
         format!(
-            "[smtp]\nhost = \"127.0.0.1\"\nport = {}\ntls = \"none\"\nfrom = \"Support <{SUPPORT}>\"\npool_size = 16\n\
+            "[smtp]\nhost = \"127.0.0.1\"\nport = {}\ntls = \"none\"\nfrom = \"Support <{SUPPORT}>\"\npool_size = {SMTP_POOL}\n\
              max_acks_per_sender_per_hour = 1000000\nbreaker_acks_per_minute = 1000000\n",
             servers.smtp_port
         )
@@ -283,9 +407,15 @@ fn run_daemon(servers: &MailServers, work: &Path, n: usize, with_smtp: bool) -> 
         std::thread::sleep(Duration::from_millis(10));
     }
     let intake = start.elapsed();
+    let intake_done_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or_default();
     let inquiries = count("SELECT COUNT(*) FROM inquiries");
     let mut acks_sent = 0;
     let mut ack_rate = None;
+    let mut acks_after_intake = 0;
+    let mut ack_rate_after_intake = None;
     if with_smtp {
         let expected = count("SELECT COUNT(*) FROM outbox");
         let deadline = Instant::now() + Duration::from_secs(600);
@@ -301,6 +431,15 @@ fn run_daemon(servers: &MailServers, work: &Path, n: usize, with_smtp: bool) -> 
         if span > 0 {
             ack_rate = Some(acks_sent as f64 / (span as f64 / 1000.0));
         }
+        acks_after_intake = count(&format!(
+            "SELECT COUNT(*) FROM outbox WHERE status = 'sent' AND done_at > {intake_done_ms}"
+        ));
+        let span = count(&format!(
+            "SELECT MAX(done_at) - MIN(done_at) FROM outbox WHERE status = 'sent' AND done_at > {intake_done_ms}"
+        ));
+        if span > 0 {
+            ack_rate_after_intake = Some(acks_after_intake as f64 / (span as f64 / 1000.0));
+        }
     }
     let _ = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
@@ -312,6 +451,8 @@ fn run_daemon(servers: &MailServers, work: &Path, n: usize, with_smtp: bool) -> 
         inquiries,
         acks_sent,
         ack_rate,
+        acks_after_intake,
+        ack_rate_after_intake,
     }
 }
 
@@ -366,13 +507,29 @@ fn main() {
             ))
             .unwrap_or_default()
     );
+    let (smtp_time, smtp_sent) = rt.block_on(smtp_floor(&servers, n));
+    let smtp_rate = smtp_sent as f64 / smtp_time.as_secs_f64();
+    println!(
+        "SMTP floor ({SMTP_POOL} lettre connections, TCP_NODELAY): {smtp_sent} mails to Postfix in {smtp_time:.2?}, {smtp_rate:.0}/s"
+    );
+    wait_postfix_idle(&servers);
     let b = run_daemon(&servers, work.path(), n, true);
     println!(
         "switchboard with [smtp]: intake {:.2?}; {} acknowledgements sent to Postfix, {}",
         b.intake,
         b.acks_sent,
         b.ack_rate
-            .map(|r| format!("{r:.0}/s through the outbox"))
+            .map(|r| format!(
+                "{r:.0}/s through the outbox ({:.2}x the SMTP floor)",
+                r / smtp_rate
+            ))
+            .unwrap_or_else(|| "rate not measurable".into())
+    );
+    println!(
+        "  of which after intake had finished: {}, {}",
+        b.acks_after_intake,
+        b.ack_rate_after_intake
+            .map(|r| format!("{r:.0}/s ({:.2}x the SMTP floor)", r / smtp_rate))
             .unwrap_or_else(|| "rate not measurable".into())
     );
 }

@@ -49,7 +49,7 @@ pub enum DaemonError {
 pub async fn run(config_path: &Path) -> Result<(), DaemonError> {
     let settings = Settings::load(config_path)?;
     let listen = settings.server.listen;
-    let store = Store::open(&settings.store).await?;
+    let store = Store::open_as(&settings.store, settings.cluster.instance.as_deref()).await?;
     let settings = Arc::new(ArcSwap::from_pointee(settings));
     let listener = TcpListener::bind(listen)
         .await
@@ -62,10 +62,20 @@ pub async fn run(config_path: &Path) -> Result<(), DaemonError> {
     let router_stop = CancellationToken::new();
     let (router, router_task) = {
         let s = settings.load();
+        let leadership = crate::routing::service::Leadership {
+            lease_ttl: s.cluster.lease_ttl,
+            inbox_interval: s.cluster.inbox_interval,
+            advertise_url: s
+                .cluster
+                .advertise_url
+                .clone()
+                .unwrap_or_else(|| format!("http://{local}")),
+        };
         Router::start(
             store.clone(),
             s.roster.clone(),
             s.routing.clone(),
+            Some(leadership),
             router_stop.clone(),
         )
         .await?
@@ -94,7 +104,8 @@ pub async fn run(config_path: &Path) -> Result<(), DaemonError> {
         let s = settings.load();
         tracing::info!(
             listen = %local,
-            store = %s.store.url,
+            store = %s.store.redacted_url(),
+            instance = store.shared().map(|c| c.instance.as_str()),
             channels = s.channels.ids().len(),
             associates = s.roster.associates.len(),
             api_enabled = s.ops_token.is_some(),

@@ -306,6 +306,9 @@ pub struct IntakeOutcome {
     pub duplicate: bool,
     /// The message opened a new inquiry (false: attached to an open one).
     pub opened: bool,
+    /// The message reopened a resolved inquiry (within the reopen
+    /// window): it is open again and needs routing, but no acknowledgement.
+    pub reopened: bool,
     /// The language the rules chose for answering (their preferred
     /// language, else the message's), for adapters that answer in the
     /// HTTP response itself (Twilio's spoken greeting). Set by the pipeline.
@@ -469,6 +472,10 @@ pub struct Inquiry {
     pub sla_due_at: Option<DateTime<Utc>>,
     pub sla_breached: bool,
     pub first_response_at: Option<DateTime<Utc>>,
+    /// The resolved inquiry this one continues: a reply to it came after
+    /// the reopen window, so this new inquiry was opened and linked.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub linked_to: Option<Reference>,
 }
 
 #[cfg(test)]

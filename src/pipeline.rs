@@ -46,6 +46,7 @@ impl Pipeline {
         let channel = message.channel.to_string();
         let (ack, classification) = self.classify(&message);
         let route = self.work_for(&message, &classification);
+        let reopen_window = self.settings.load().threading.reopen_window;
         let language = classification
             .requirements
             .language
@@ -57,15 +58,17 @@ impl Pipeline {
                 message,
                 ack,
                 classification,
+                reopen_window,
             })
             .await?;
         outcome.language = language;
-        self.after_commit(&channel, &outcome, route);
+        self.after_commit(&channel, &outcome, route).await;
         tracing::debug!(
             channel,
             inquiry = %outcome.inquiry,
             duplicate = outcome.duplicate,
             opened = outcome.opened,
+            reopened = outcome.reopened,
             "message committed"
         );
         Ok(outcome)
@@ -84,6 +87,7 @@ impl Pipeline {
         quarantine: Vec<Quarantined>,
     ) -> Result<Vec<IntakeOutcome>, StoreError> {
         let mut routes = Vec::with_capacity(messages.len());
+        let reopen_window = self.settings.load().threading.reopen_window;
         let items = messages
             .into_iter()
             .map(|(message, raw)| {
@@ -94,6 +98,7 @@ impl Pipeline {
                         message,
                         ack,
                         classification,
+                        reopen_window,
                     },
                     raw,
                 }
@@ -110,7 +115,7 @@ impl Pipeline {
             })
             .await?;
         for (outcome, route) in outcomes.iter().zip(routes) {
-            self.after_commit(channel, outcome, route);
+            self.after_commit(channel, outcome, route).await;
         }
         Ok(outcomes)
     }
@@ -129,14 +134,33 @@ impl Pipeline {
         })
     }
 
-    /// Counts a committed message and hands a new inquiry to the router.
-    fn after_commit(&self, channel: &str, outcome: &IntakeOutcome, work: Option<NewWork>) {
+    /// Counts a committed message and hands a new or reopened inquiry to
+    /// the router.
+    async fn after_commit(&self, channel: &str, outcome: &IntakeOutcome, work: Option<NewWork>) {
         count(channel, outcome);
-        if let (Some(router), Some(mut work)) = (&self.router, work)
+        let Some(router) = &self.router else {
+            return;
+        };
+        if let Some(mut work) = work
             && outcome.opened
         {
             work.id = outcome.inquiry_id;
             router.add(work);
+        } else if outcome.reopened {
+            // Routed as stored (its own requirements and SLA state), not as
+            // the reply's classification: the same view a restart takes.
+            match self.store.reopened_work(outcome.inquiry_id).await {
+                Ok(Some(work)) => router.reopen(work),
+                Ok(None) => {
+                    tracing::debug!(inquiry = %outcome.inquiry, "reopened inquiry already resolved again")
+                }
+                // Committed as open: the next start's snapshot routes it.
+                Err(e) => tracing::warn!(
+                    inquiry = %outcome.inquiry,
+                    error = %e,
+                    "cannot read a reopened inquiry for routing"
+                ),
+            }
         }
     }
 
@@ -239,6 +263,9 @@ fn count(channel: &str, outcome: &IntakeOutcome) {
         .increment(1);
     if outcome.opened {
         metrics::counter!("switchboard_inquiries_received_total", "channel" => channel)
+            .increment(1);
+    } else if outcome.reopened {
+        metrics::counter!("switchboard_inquiries_reopened_total", "channel" => channel)
             .increment(1);
     }
 }

@@ -17,7 +17,11 @@ const WAIT: Duration = Duration::from_secs(30);
 /// A daemon config watching `support@example.test`'s INBOX over IMAPS and
 /// acknowledging through Postfix. `imap_extra` adds keys to the channel.
 fn email_setup(servers: &MailServers, imap_extra: &str) -> Setup {
-    let setup = Setup::new(None);
+    email_config(Setup::new(None), servers, imap_extra)
+}
+
+/// Writes the email config of [`email_setup`] into `setup`.
+fn email_config(setup: Setup, servers: &MailServers, imap_extra: &str) -> Setup {
     let extra = format!(
         r#"
 [smtp]
@@ -48,7 +52,45 @@ max_backoff = "2s"
         pw = mail::PASSWORD,
     );
     setup.write_config(&setup.config_text(None, &extra));
+    // An HTML variant in English only: English acknowledgements are
+    // multipart/alternative, German ones (no `ack.de.html`) plain text.
+    std::fs::write(
+        setup.dir.path().join("templates/ack.en.html"),
+        "<p>Hello <b>{{ customer_name or 'there' }}</b>, your reference is \
+         <strong>{{ reference }}</strong> ({{ subject }}).</p>",
+    )
+    .unwrap();
     setup
+}
+
+/// The MIME leaf parts of a mail: (`type/subtype`, charset, decoded text).
+fn mime_parts(raw: &[u8]) -> (String, Vec<(String, Option<String>, String)>) {
+    use mail_parser::MimeHeaders;
+    let message = mail_parser::MessageParser::default()
+        .parse(raw)
+        .expect("the acknowledgement parses");
+    let top = message
+        .content_type()
+        .map(|ct| format!("{}/{}", ct.ctype(), ct.subtype().unwrap_or_default()))
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    let leaves = message
+        .parts
+        .iter()
+        .filter(|p| p.sub_parts().is_none())
+        .map(|p| {
+            let ct = p.content_type();
+            (
+                ct.map(|ct| format!("{}/{}", ct.ctype(), ct.subtype().unwrap_or_default()))
+                    .unwrap_or_default()
+                    .to_ascii_lowercase(),
+                ct.and_then(|ct| ct.attribute("charset"))
+                    .map(str::to_ascii_lowercase),
+                p.text_contents().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect();
+    (top, leaves)
 }
 
 fn mail_from_customer(
@@ -168,9 +210,26 @@ async fn mail_becomes_an_inquiry_and_the_ack_arrives_threaded_with_loop_headers(
     assert_eq!(subject, format!("Re: Card blocked [{reference}]"));
     assert!(header(&ack, "From").unwrap().contains(SUPPORT));
     let text = String::from_utf8_lossy(&ack);
-    assert!(text.contains("multipart/alternative"), "{text}");
-    assert!(text.contains("text/html"), "{text}");
     assert!(text.contains(&reference), "{text}");
+    // `ack.en.html` exists: text/plain and text/html alternatives, in that
+    // order, both UTF-8, both from their templates.
+    let (top, parts) = mime_parts(&ack);
+    assert_eq!(top, "multipart/alternative", "{text}");
+    assert_eq!(parts.len(), 2, "{parts:?}");
+    assert_eq!(parts[0].0, "text/plain");
+    assert_eq!(parts[0].1.as_deref(), Some("utf-8"));
+    assert_eq!(
+        parts[0].2.trim(),
+        format!("Hello Ada Lovelace, your reference is {reference}.")
+    );
+    assert_eq!(parts[1].0, "text/html");
+    assert_eq!(parts[1].1.as_deref(), Some("utf-8"));
+    assert_eq!(
+        parts[1].2.trim(),
+        format!(
+            "<p>Hello <b>Ada Lovelace</b>, your reference is <strong>{reference}</strong> (Card blocked).</p>"
+        )
+    );
 
     // Flagged \Seen only after the commit; the mail stays in the INBOX.
     let inbox = servers.fetch_all(SUPPORT, "INBOX").await;
@@ -205,6 +264,80 @@ async fn mail_becomes_an_inquiry_and_the_ack_arrives_threaded_with_loop_headers(
             "switchboard_email_messages_taken_total{channel=\"imap/support\",mailbox=\"INBOX\"} 1"
         ),
         "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn html_ack_escapes_what_the_customer_wrote_and_without_an_html_variant_is_plain_text() {
+    let servers = MailServers::start(&[]);
+    let setup = email_setup(&servers, "");
+    let _daemon = setup.start();
+
+    // English, with markup in the display name and the subject.
+    let evil = format!(
+        "From: \"Ada <script>alert(1)</script>\" <{CUSTOMER}>\r\nTo: Support <{SUPPORT}>\r\n\
+         Subject: Fees & <b>charges</b>\r\nMessage-ID: <evil@customer.test>\r\n\
+         Date: Fri, 27 Nov 2026 10:00:00 +0000\r\nMIME-Version: 1.0\r\nContent-Language: en\r\n\
+         Content-Type: text/plain; charset=utf-8\r\n\r\nWhy was I charged twice for my account?\r\n"
+    );
+    servers.send(CUSTOMER, &[SUPPORT], evil.as_bytes());
+    // German: `ack.de.txt` but no `ack.de.html`.
+    servers.send(
+        CUSTOMER,
+        &[SUPPORT],
+        &mail_from_customer(
+            Some("german@customer.test"),
+            "Karte gesperrt",
+            "Content-Language: de\r\n",
+            "Meine Karte wurde heute gesperrt. Bitte helfen Sie mir, ich kann nicht bezahlen.",
+        ),
+    );
+    let acks = wait_acks(&servers, 2).await;
+    let find = |message_id: &str| {
+        acks.iter()
+            .find(|a| header(a, "In-Reply-To").as_deref() == Some(message_id))
+            .unwrap_or_else(|| panic!("no acknowledgement answering {message_id}"))
+    };
+
+    let (top, parts) = mime_parts(find("<evil@customer.test>"));
+    assert_eq!(top, "multipart/alternative");
+    assert_eq!(parts.len(), 2, "{parts:?}");
+    let (plain, html) = (&parts[0], &parts[1]);
+    assert_eq!(plain.0, "text/plain");
+    assert_eq!(html.0, "text/html");
+    assert_eq!(html.1.as_deref(), Some("utf-8"));
+    // Text stays text; HTML gets every customer-provided value escaped.
+    assert!(
+        plain.2.contains("Hello Ada <script>alert(1)</script>,"),
+        "{}",
+        plain.2
+    );
+    assert!(!html.2.contains("<script>"), "{}", html.2);
+    assert!(!html.2.contains("<b>charges"), "{}", html.2);
+    assert!(
+        html.2
+            .contains("<b>Ada &lt;script&gt;alert(1)&lt;&#x2f;script&gt;</b>"),
+        "{}",
+        html.2
+    );
+    assert!(
+        html.2
+            .contains("(Fees &amp; &lt;b&gt;charges&lt;&#x2f;b&gt;)"),
+        "{}",
+        html.2
+    );
+
+    let german = find("<german@customer.test>");
+    let (top, parts) = mime_parts(german);
+    assert_eq!(top, "text/plain", "{}", String::from_utf8_lossy(german));
+    assert_eq!(parts.len(), 1, "{parts:?}");
+    assert_eq!(parts[0].1.as_deref(), Some("utf-8"));
+    assert!(
+        parts[0]
+            .2
+            .starts_with("Hallo Ada Lovelace, Ihre Referenz ist INQ-"),
+        "{}",
+        parts[0].2
     );
 }
 
@@ -859,4 +992,182 @@ async fn offers_are_notified_to_associates_by_email() {
     assert!(String::from_utf8_lossy(&note).contains(&reference));
     let d = detail(&client, &daemon, &reference).await;
     assert!(event_kinds(&d).iter().any(|k| k == "notified"), "{d}");
+}
+
+/// Resolves `reference` as ops.
+async fn resolve(client: &reqwest::Client, daemon: &Daemon, reference: &str) {
+    let (status, body) = common::api(
+        client,
+        daemon,
+        reqwest::Method::POST,
+        &format!("/api/v1/inquiries/{reference}/resolve"),
+        common::TOKEN,
+        Some(serde_json::json!({})),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+}
+
+/// A reply to a resolved inquiry by mail: within `threading.reopen_window`
+/// (answering our acknowledgement) it reopens the inquiry without a second
+/// acknowledgement; with the window passed (the config reloaded to `0s`)
+/// a reply quoting the reference opens a new, linked inquiry that is
+/// acknowledged under its own reference.
+#[tokio::test]
+async fn a_reply_to_a_resolved_inquiry_reopens_it_or_opens_a_linked_one() {
+    let servers = MailServers::start(&[]);
+    let setup = email_setup(&servers, "");
+    let config = std::fs::read_to_string(setup.config_path()).unwrap();
+    setup.write_config(&format!("{config}\n[threading]\nreopen_window = \"7d\"\n"));
+    let daemon = setup.start();
+    let client = http();
+
+    servers.send(
+        CUSTOMER,
+        &[SUPPORT],
+        &mail_from_customer(Some("ro1@customer.test"), "Card blocked", "", "Help."),
+    );
+    let list = wait_inquiries(&client, &daemon, 1).await;
+    let reference = list[0]["reference"].as_str().unwrap().to_owned();
+    let ack = wait_acks(&servers, 1).await.remove(0);
+    let ack_id = header(&ack, "Message-ID").unwrap();
+    resolve(&client, &daemon, &reference).await;
+
+    // Within the window: the answer to our acknowledgement reopens it.
+    servers.send(
+        CUSTOMER,
+        &[SUPPORT],
+        &mail_from_customer(
+            Some("ro2@customer.test"),
+            "Re: Card blocked",
+            &format!("In-Reply-To: {ack_id}\r\nReferences: <ro1@customer.test> {ack_id}\r\n"),
+            "It is blocked again.",
+        ),
+    );
+    let d = eventually(WAIT, "the inquiry reopened", || async {
+        let d = detail(&client, &daemon, &reference).await;
+        (d["status"] != "resolved").then_some(d)
+    })
+    .await;
+    assert_eq!(d["messages"].as_array().unwrap().len(), 2);
+    let kinds = event_kinds(&d);
+    assert_eq!(
+        kinds.iter().filter(|k| *k == "reopened").count(),
+        1,
+        "{kinds:?}"
+    );
+    assert_eq!(
+        d["outbox"].as_array().unwrap().len(),
+        1,
+        "a reopened inquiry is not acknowledged again"
+    );
+    assert_eq!(email_inquiries(&client, &daemon).await.len(), 1);
+
+    // Past the window (0s: always), a reply quoting the reference opens a
+    // new inquiry linked to the old one.
+    resolve(&client, &daemon, &reference).await;
+    let config = std::fs::read_to_string(setup.config_path()).unwrap();
+    setup.write_config(&config.replace("reopen_window = \"7d\"", "reopen_window = \"0s\""));
+    daemon.signal("HUP");
+    eventually(WAIT, "reload", || async {
+        daemon.log_contains("configuration reloaded").then_some(())
+    })
+    .await;
+    servers.send(
+        CUSTOMER,
+        &[SUPPORT],
+        &mail_from_customer(
+            Some("ro3@customer.test"),
+            &format!("Re: [{reference}] a new problem"),
+            "",
+            "Now my transfer is stuck.",
+        ),
+    );
+    let list = wait_inquiries(&client, &daemon, 2).await;
+    let linked = list[0]["reference"].as_str().unwrap().to_owned();
+    assert_ne!(linked, reference);
+    assert_eq!(list[0]["linked_to"], reference.as_str());
+    let old = detail(&client, &daemon, &reference).await;
+    assert_eq!(old["status"], "resolved");
+    assert_eq!(old["linked_from"], serde_json::json!([linked]));
+    assert_eq!(old["messages"].as_array().unwrap().len(), 2);
+    // Acknowledged as a new inquiry, under its own reference.
+    let acks = wait_acks(&servers, 2).await;
+    let subjects: Vec<String> = acks.iter().filter_map(|a| header(a, "Subject")).collect();
+    assert!(subjects.iter().any(|s| s.contains(&linked)), "{subjects:?}");
+}
+
+/// Two instances on one PostgreSQL watch the same mailbox: one polls it
+/// (it holds the mailbox's lease); after a `kill -9` of that one, the other
+/// takes the mailbox over from the committed checkpoint within about a
+/// lease's lifetime, and no mail is imported twice or skipped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_instances_mailbox_is_taken_over_from_the_checkpoint() {
+    let servers = MailServers::start(&[]);
+    let pg = common::pg::PgServer::start();
+    let url = common::pg::create_database(&pg.admin_url);
+    let setups: Vec<Setup> = (0..2)
+        .map(|i| {
+            let mut setup = Setup::new(None);
+            setup.store_url = url.clone();
+            setup.cluster = format!("[cluster]\ninstance = \"mail-{i}\"\nlease_ttl = \"3s\"\n");
+            email_config(setup, &servers, "")
+        })
+        .collect();
+    let mut daemons: Vec<Option<Daemon>> = setups.iter().map(|s| Some(s.start())).collect();
+    let client = http();
+    let send = |n: std::ops::Range<usize>| {
+        for i in n {
+            servers.send(
+                CUSTOMER,
+                &[SUPPORT],
+                &mail_from_customer(
+                    Some(&format!("takeover-{i}@customer.test")),
+                    &format!("Question {i}"),
+                    "",
+                    "Where is my card?",
+                ),
+            );
+        }
+    };
+    let count = |d: &Daemon| {
+        let (client, d) = (client.clone(), d.url(""));
+        async move {
+            let r = client
+                .get(format!(
+                    "{d}/api/v1/inquiries?channel=imap/support&limit=500"
+                ))
+                .bearer_auth(common::TOKEN)
+                .send()
+                .await
+                .unwrap();
+            let v: serde_json::Value = r.json().await.unwrap();
+            v["inquiries"].as_array().map_or(0, Vec::len)
+        }
+    };
+    send(0..5);
+    eventually(WAIT, "5 mails taken", || async {
+        (count(daemons[0].as_ref().unwrap()).await == 5).then_some(())
+    })
+    .await;
+    let polls = |d: &Daemon| d.log_contains("this instance polls the mailbox");
+    let holder = (0..2)
+        .find(|i| polls(daemons[*i].as_ref().unwrap()))
+        .expect("one instance polls the mailbox");
+    let other = 1 - holder;
+    assert!(!polls(daemons[other].as_ref().unwrap()), "only one polls");
+    daemons[holder].as_mut().unwrap().kill9();
+    daemons[holder] = None;
+
+    send(5..10);
+    let survivor = daemons[other].as_ref().unwrap();
+    eventually(
+        WAIT,
+        "the other instance takes the mailbox over",
+        || async { (count(survivor).await == 10).then_some(()) },
+    )
+    .await;
+    assert!(polls(survivor));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(count(survivor).await, 10, "nothing imported twice");
 }

@@ -731,3 +731,120 @@ async fn working_hours_keep_offers_from_associates_off_duty() {
         .collect();
     assert_eq!(waiting, vec![second.as_str()], "{q}");
 }
+
+/// How many acknowledgement decisions (queued or skipped) an inquiry has.
+fn acks(detail: &Value) -> usize {
+    event_kinds(detail)
+        .iter()
+        .filter(|k| k.as_str() == "ack_queued" || k.as_str() == "ack_skipped")
+        .count()
+}
+
+/// Posts a generic message on thread `thread`; returns the webhook's answer.
+async fn on_thread(desk: &Desk, id: &str, thread: &str) -> (u16, Value) {
+    let body = json!({
+        "id": id, "from": {"email": "c1@example.org"}, "subject": "Card",
+        "text": format!("message {id}"), "thread": thread,
+    });
+    post_webhook(&desk.client, &desk.daemon, "shop", &body).await
+}
+
+/// A reply within `threading.reopen_window` to a resolved inquiry reopens
+/// it (same reference, one acknowledgement) and the router offers it
+/// again, to whoever held it before.
+#[tokio::test]
+async fn a_reply_to_a_resolved_inquiry_reopens_it_and_it_is_offered_again() {
+    let routing = format!("{AVAILABLE}\n\n[threading]\nreopen_window = \"7d\"\n");
+    let desk = Desk::start(&roster(&[("anna", "", 1), ("ben", "", 1)], ""), &routing);
+    desk.presence("anna", "away").await;
+    let (status, first) = on_thread(&desk, "r1", "order-1").await;
+    assert_eq!(status, 202, "{first}");
+    let reference = first["inquiry"].as_str().unwrap().to_owned();
+    desk.offered("ben", &reference).await;
+    assert_eq!(desk.act("ben", &reference, "accept", None).await.0, 200);
+    assert_eq!(desk.act("ben", &reference, "resolve", None).await.0, 200);
+    desk.presence("anna", "available").await;
+    assert_eq!(desk.detail(&reference).await["status"], "resolved");
+
+    let (status, reply) = on_thread(&desk, "r2", "order-1").await;
+    assert_eq!(status, 202, "{reply}");
+    assert_eq!(reply["inquiry"], reference.as_str(), "the same inquiry");
+    // Anna is free and has been idle longest, but Ben held it before.
+    desk.offered("ben", &reference).await;
+    assert!(desk.offers("anna").await.is_empty());
+    let detail = desk.detail(&reference).await;
+    assert_eq!(detail["status"], "offered");
+    assert_eq!(detail["messages"].as_array().unwrap().len(), 2);
+    let reopened = events(&detail, "reopened");
+    assert_eq!(reopened.len(), 1);
+    assert_eq!(reopened[0]["detail"]["provider_id"], "r2");
+    assert_eq!(reopened[0]["detail"]["via"], "thread");
+    assert_eq!(acks(&detail), 1, "not acknowledged again");
+    let offered = events(&detail, "offered");
+    assert_eq!(offered.len(), 2);
+    assert_eq!(offered[1]["detail"]["candidates"][0]["sticky"], true);
+
+    // The same provider message again is a duplicate and changes nothing.
+    let (status, again) = on_thread(&desk, "r2", "order-1").await;
+    assert_eq!((status, &again["duplicate"]), (200, &json!(true)));
+    assert_eq!(events(&desk.detail(&reference).await, "reopened").len(), 1);
+
+    // It runs its course again.
+    assert_eq!(desk.act("ben", &reference, "accept", None).await.0, 200);
+    assert_eq!(desk.act("ben", &reference, "resolve", None).await.0, 200);
+    assert_eq!(desk.detail(&reference).await["status"], "resolved");
+}
+
+/// With the window passed (`0s`: always), a reply to a resolved inquiry
+/// opens a new inquiry linked to it; later replies on the thread join that.
+#[tokio::test]
+async fn a_reply_after_the_reopen_window_opens_a_linked_inquiry() {
+    let routing = format!("{AVAILABLE}\n\n[threading]\nreopen_window = \"0s\"\n");
+    let desk = Desk::start(&roster(&[("anna", "", 2)], ""), &routing);
+    let (_, first) = on_thread(&desk, "l1", "order-2").await;
+    let old = first["inquiry"].as_str().unwrap().to_owned();
+    desk.offered("anna", &old).await;
+    let (status, body) = desk
+        .ops(
+            Method::POST,
+            &format!("/api/v1/inquiries/{old}/resolve"),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+
+    let (status, reply) = on_thread(&desk, "l2", "order-2").await;
+    assert_eq!(status, 202, "{reply}");
+    let new = reply["inquiry"].as_str().unwrap().to_owned();
+    assert_ne!(new, old);
+    desk.offered("anna", &new).await;
+    let detail = desk.detail(&new).await;
+    assert_eq!(detail["linked_to"], old.as_str());
+    assert_eq!(
+        events(&detail, "linked")[0]["detail"]["linked_to"],
+        old.as_str()
+    );
+    assert_eq!(
+        acks(&detail),
+        1,
+        "acknowledged (or its skip recorded) as a new inquiry"
+    );
+    let was = desk.detail(&old).await;
+    assert_eq!(was["status"], "resolved");
+    assert_eq!(was["linked_from"], json!([new]));
+    assert_eq!(
+        events(&was, "linked")[0]["detail"]["linked_from"],
+        new.as_str()
+    );
+    assert!(events(&was, "reopened").is_empty());
+
+    let (_, next) = on_thread(&desk, "l3", "order-2").await;
+    assert_eq!(next["inquiry"], new.as_str());
+    assert_eq!(
+        desk.detail(&new).await["messages"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+}

@@ -272,5 +272,8 @@ fn command(e: CommandError) -> ApiError {
         },
         CommandError::Store(s) => ApiError::Unavailable(s),
         CommandError::Closed => ApiError::Unavailable(crate::store::StoreError::Closed),
+        CommandError::NotLeader(_) => ApiError::Unavailable(crate::store::StoreError::Unavailable(
+            "this instance is not the routing leader; retry".into(),
+        )),
     }
 }

@@ -5,6 +5,7 @@
 //! `{"error": "..."}` with a status that tells the caller whether to retry.
 
 mod associates;
+mod forward;
 mod health;
 mod inquiries;
 mod webhooks;
@@ -80,6 +81,10 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/api/v1/queue", get(associates::queue))
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            forward::to_leader,
+        ))
         .layer(middleware::from_fn(record_latency))
         .with_state(state)
 }

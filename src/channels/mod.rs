@@ -80,6 +80,10 @@ pub struct Outbound {
     /// The provider id of the customer message this answers.
     pub in_reply_to: String,
     pub text: String,
+    /// The HTML alternative, rendered only for channels that send one
+    /// (email) and only when the template has an HTML variant.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub html: Option<String>,
     /// What the adapter stored at intake to address the answer.
     pub reply_context: serde_json::Value,
 }
@@ -200,6 +204,12 @@ pub trait ChannelAdapter: Send + Sync + fmt::Debug {
     /// Whether acknowledgements can be sent on this channel.
     fn can_reply(&self) -> bool;
 
+    /// Whether this channel sends an HTML alternative beside the text
+    /// (email) when the template has one. Others send the text only.
+    fn sends_html(&self) -> bool {
+        false
+    }
+
     /// Sends `out` to the customer through the provider.
     fn deliver<'a>(&'a self, http: &'a reqwest::Client, out: &'a Outbound) -> DeliveryFuture<'a>;
 }
@@ -232,6 +242,11 @@ impl Channels {
     pub fn can_reply(&self, channel: &ChannelId) -> bool {
         self.get(channel.adapter, &channel.name)
             .is_some_and(|c| c.can_reply())
+    }
+
+    /// Whether the channel written as `adapter/name` sends HTML alternatives.
+    pub fn sends_html(&self, channel: &str) -> bool {
+        self.by_name(channel).is_some_and(|c| c.sends_html())
     }
 
     /// Every configured instance, for `/api/v1/channels` and `check`.

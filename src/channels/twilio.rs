@@ -1119,6 +1119,7 @@ mod tests {
             inquiry_id: 1,
             duplicate: false,
             opened: true,
+            reopened: false,
             language: None,
         };
         let twiml = c.committed(&req, &[outcome.clone()]).body;

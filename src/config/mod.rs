@@ -107,7 +107,10 @@ impl Default for ServerConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StoreConfig {
-    /// `sqlite://path/to/file.sqlite` (created if missing).
+    /// `sqlite://path/to/file.sqlite` (created if missing), or
+    /// `postgres://user:password@host:port/database` to share one database
+    /// between several instances. The URL may hold a password: it is never
+    /// logged; `SWITCHBOARD__STORE__URL` keeps it out of the file.
     pub url: String,
     /// Most intakes one group commit may carry.
     pub max_batch: usize,
@@ -115,6 +118,20 @@ pub struct StoreConfig {
     pub cache_kib: u32,
     /// SQLite page cache of each read connection (up to four), in KiB.
     pub read_cache_kib: u32,
+    /// Connections of the read pool (API views, metrics, router snapshot).
+    pub pool_size: u32,
+    /// PostgreSQL: longest a statement may run before the server cancels it.
+    #[serde(with = "humantime_serde")]
+    pub statement_timeout: Duration,
+    /// PostgreSQL: longest a connection attempt may take. While the
+    /// database is unreachable, intake answers 503 and `/readyz` fails.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// PostgreSQL: how long an outbox entry claimed by one instance is left
+    /// to it. If that instance dies mid-delivery, another delivers the
+    /// entry after this.
+    #[serde(with = "humantime_serde")]
+    pub claim_lease: Duration,
 }
 
 impl Default for StoreConfig {
@@ -124,6 +141,65 @@ impl Default for StoreConfig {
             max_batch: 256,
             cache_kib: 8192,
             read_cache_kib: 1024,
+            pool_size: 4,
+            statement_timeout: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(5),
+            claim_lease: Duration::from_secs(60),
+        }
+    }
+}
+
+impl StoreConfig {
+    /// Whether this store is shared by several instances (PostgreSQL).
+    pub fn is_postgres(&self) -> bool {
+        self.url.starts_with("postgres://") || self.url.starts_with("postgresql://")
+    }
+
+    /// The URL without its password, for logs.
+    pub fn redacted_url(&self) -> String {
+        match self.url.split_once("://") {
+            Some((scheme, rest)) if self.is_postgres() => match rest.rsplit_once('@') {
+                Some((user, host)) => {
+                    let user = user.split(':').next().unwrap_or_default();
+                    format!("{scheme}://{user}:***@{host}")
+                }
+                None => self.url.clone(),
+            },
+            _ => self.url.clone(),
+        }
+    }
+}
+
+/// `[cluster]`: only read with a PostgreSQL store, where several instances
+/// share the database.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    /// This instance's name in leases and outbox claims; unique among
+    /// running instances. Default: `<hostname>-<pid>`.
+    pub instance: Option<String>,
+    /// The URL other instances use to forward routing requests (accept,
+    /// presence, queue, …) to this one when it leads. Default:
+    /// `http://<server.listen>` (set it when listening on 0.0.0.0).
+    pub advertise_url: Option<String>,
+    /// How long the routing leader's and each mailbox's lease lasts without
+    /// renewal (renewed every third of it). A dead instance's work is taken
+    /// over within about this long.
+    #[serde(with = "humantime_serde")]
+    pub lease_ttl: Duration,
+    /// How often the routing leader takes inquiries that other instances
+    /// took in.
+    #[serde(with = "humantime_serde")]
+    pub inbox_interval: Duration,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            instance: None,
+            advertise_url: None,
+            lease_ttl: Duration::from_secs(15),
+            inbox_interval: Duration::from_millis(200),
         }
     }
 }
@@ -208,6 +284,26 @@ impl Default for OutboxConfig {
     }
 }
 
+/// `[threading]`: what a reply to a resolved inquiry does.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ThreadingConfig {
+    /// A message that threads (by Message-ID or `thread` key, by a quoted
+    /// `[INQ-…]` reference or a `+INQ-…` address) onto an inquiry resolved
+    /// at most this long ago reopens it; one resolved longer ago gets a new
+    /// inquiry linked to it. `0s` never reopens.
+    #[serde(with = "humantime_serde")]
+    pub reopen_window: Duration,
+}
+
+impl Default for ThreadingConfig {
+    fn default() -> Self {
+        ThreadingConfig {
+            reopen_window: Duration::from_secs(7 * 24 * 3600),
+        }
+    }
+}
+
 /// `[roster]`
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -258,6 +354,8 @@ pub struct RawSettings {
     #[serde(default)]
     pub store: StoreConfig,
     #[serde(default)]
+    pub cluster: ClusterConfig,
+    #[serde(default)]
     pub api: ApiConfig,
     #[serde(default)]
     pub limits: Limits,
@@ -273,6 +371,8 @@ pub struct RawSettings {
     pub roster: RosterConfig,
     #[serde(default)]
     pub routing: RoutingConfig,
+    #[serde(default)]
+    pub threading: ThreadingConfig,
     /// Outgoing mail (email acknowledgements, notifications).
     #[serde(default)]
     pub smtp: Option<SmtpConfig>,
@@ -286,6 +386,7 @@ pub struct Settings {
     pub path: PathBuf,
     pub server: ServerConfig,
     pub store: StoreConfig,
+    pub cluster: ClusterConfig,
     pub ops_token: Option<Secret>,
     pub limits: Limits,
     pub outbox: OutboxConfig,
@@ -293,6 +394,7 @@ pub struct Settings {
     pub channels: Channels,
     pub roster: Arc<Roster>,
     pub routing: RoutingConfig,
+    pub threading: ThreadingConfig,
     /// The compiled routing rules (`rules.path`).
     pub rules: Arc<RuleSet>,
     /// What these were read from, for reload on change: the config file,
@@ -341,11 +443,33 @@ impl Settings {
             })
         };
 
-        if !raw.store.url.starts_with("sqlite:") {
+        if raw.store.is_postgres() {
+            // Parsed here so a typo is caught by `check`, never echoed: the
+            // URL may carry a password.
+            if raw.store.url.parse::<postgres::Config>().is_err() {
+                problem(
+                    "store.url",
+                    "not a valid postgres:// URL (expected postgres://user:password@host:port/database)"
+                        .into(),
+                );
+            }
+        } else if !raw.store.url.starts_with("sqlite:") {
             problem(
                 "store.url",
-                "expected a `sqlite://…` URL (PostgreSQL is not supported yet)".into(),
+                "expected a `sqlite://…` or `postgres://…` URL".into(),
             );
+        }
+        if raw.store.pool_size == 0 {
+            problem("store.pool_size", "must be at least 1".into());
+        }
+        if raw.cluster.lease_ttl < Duration::from_secs(3) {
+            problem(
+                "cluster.lease_ttl",
+                "must be at least 3s (it is renewed every third of it)".into(),
+            );
+        }
+        if raw.cluster.inbox_interval.is_zero() {
+            problem("cluster.inbox_interval", "must be more than 0".into());
         }
         if raw.store.max_batch == 0 {
             problem("store.max_batch", "must be at least 1".into());
@@ -517,6 +641,7 @@ impl Settings {
                 path: path.to_path_buf(),
                 server: raw.server,
                 store: raw.store,
+                cluster: raw.cluster,
                 ops_token,
                 limits: raw.limits,
                 outbox: raw.outbox,
@@ -524,6 +649,7 @@ impl Settings {
                 channels,
                 roster: Arc::new(roster),
                 routing: raw.routing,
+                threading: raw.threading,
                 rules: Arc::new(rules),
                 sources,
                 smtp,
@@ -676,6 +802,29 @@ mod tests {
         assert_eq!(s.limits.max_body_bytes, 1024 * 1024);
         assert!(s.ops_token.is_none());
         assert!(s.channels.is_empty());
+        assert_eq!(
+            s.threading.reopen_window,
+            Duration::from_secs(7 * 24 * 3600)
+        );
+    }
+
+    #[test]
+    fn the_reopen_window_is_a_duration_and_zero_turns_it_off() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write_config(dir.path(), "[threading]\nreopen_window = \"36h\"\n");
+        let s = Settings::load(&path).unwrap();
+        assert_eq!(s.threading.reopen_window, Duration::from_secs(36 * 3600));
+        let path = write_config(dir.path(), "[threading]\nreopen_window = \"0s\"\n");
+        assert!(
+            Settings::load(&path)
+                .unwrap()
+                .threading
+                .reopen_window
+                .is_zero()
+        );
+        let path = write_config(dir.path(), "[threading]\nreopen_window = \"soon\"\n");
+        let err = Settings::load(&path).unwrap_err().to_string();
+        assert!(err.contains("reopen_window"), "{err}");
     }
 
     #[test]

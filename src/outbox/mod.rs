@@ -11,17 +11,59 @@ pub mod notify;
 
 use std::collections::VecDeque;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use chrono::Utc;
+use tokio::sync::Notify;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::channels::{DeliveryError, Outbound};
 use crate::config::{OutboxConfig, Settings};
-use crate::store::{DeliveryRecord, DeliveryResult, OutboxEntry, Store};
+use crate::store::{DeliveryRecord, DeliveryResult, OutboxEntry, Store, StoreError};
 use crate::templates::{AckContext, DEFAULT_ACK};
+
+/// How far ahead of the concurrency entries are claimed.
+pub const CLAIM_AHEAD: usize = 4;
+
+/// Counts deliveries between start and sent; wakes the dispatcher when
+/// one is done sending.
+#[derive(Default)]
+struct SendSlots {
+    count: AtomicUsize,
+    freed: Notify,
+}
+
+impl SendSlots {
+    fn count(&self) -> usize {
+        self.count.load(Ordering::Acquire)
+    }
+}
+
+/// One delivery's place among those sending; given up when dropped (also
+/// if the delivery's task is cancelled).
+struct SendSlot(Arc<SendSlots>);
+
+impl SendSlot {
+    fn take(slots: &Arc<SendSlots>) -> SendSlot {
+        slots.count.fetch_add(1, Ordering::AcqRel);
+        SendSlot(slots.clone())
+    }
+}
+
+impl Drop for SendSlot {
+    fn drop(&mut self) {
+        self.0.count.fetch_sub(1, Ordering::AcqRel);
+        self.0.freed.notify_one();
+    }
+}
+
+/// A claim of due entries on its way through the store's writer.
+type ClaimFuture = std::pin::Pin<
+    Box<dyn std::future::Future<Output = Result<Vec<OutboxEntry>, StoreError>> + Send>,
+>;
 
 /// Delivers due outbox entries until shut down.
 pub struct Dispatcher {
@@ -47,46 +89,84 @@ impl Dispatcher {
     /// Runs until `shutdown` fires, then lets in-flight deliveries finish
     /// (the caller bounds how long it waits).
     ///
-    /// Entries are claimed ahead, up to twice the concurrency, so a slot
-    /// freed by a finished delivery is refilled at once instead of waiting
-    /// for a claim to pass through the store's writer.
+    /// `outbox.concurrency` bounds the deliveries being rendered and sent.
+    /// Once sent, a delivery gives its slot up and waits for its record to
+    /// commit on its own, so sending never stalls behind the store's writer
+    /// (busy with an intake batch, or an fsync); the entry stays claimed
+    /// until its record commits, and one that never commits is sent again
+    /// after a restart (at-least-once, same Message-ID).
+    ///
+    /// Entries are claimed ahead, up to [`CLAIM_AHEAD`] times the
+    /// concurrency, so a freed slot is refilled at once from what is
+    /// already claimed. The claim itself runs beside the deliveries (one
+    /// at a time): the loop never waits for the writer while deliveries
+    /// finish, and claims come in chunks rather than one entry per writer
+    /// round trip.
     pub async fn run(self, shutdown: CancellationToken) {
         let this = Arc::new(self);
         let wake = this.store.outbox_wake();
         let mut in_flight = JoinSet::new();
+        // Deliveries rendering or sending (not those waiting for their record).
+        let sending = Arc::new(SendSlots::default());
         let mut queued: VecDeque<OutboxEntry> = VecDeque::new();
+        // The claim under way, and how many entries it asked for.
+        let mut claiming: Option<(usize, ClaimFuture)> = None;
         // Whether the outbox may hold due entries we have not claimed.
         let mut maybe_more = true;
+        let mut next_poll = tokio::time::Instant::now();
         loop {
+            // Reap every finished delivery, not just the one that woke us.
+            while in_flight.try_join_next().is_some() {}
             let config = this.settings.load().outbox.clone();
-            let backlog = in_flight.len() + queued.len();
-            if maybe_more && queued.len() < config.concurrency {
-                let want = (config.concurrency * 2).saturating_sub(backlog);
-                match this.store.claim_due(want).await {
-                    Ok(entries) => {
-                        maybe_more = entries.len() == want;
-                        queued.extend(entries);
-                    }
-                    Err(e) => {
-                        maybe_more = false;
-                        tracing::warn!(error = %e, "cannot read the outbox");
-                    }
-                }
+            let now = tokio::time::Instant::now();
+            if now >= next_poll {
+                // Retries come due with time, without a wake-up.
+                maybe_more = true;
+                next_poll = now + config.poll_interval;
             }
-            while in_flight.len() < config.concurrency {
+            while sending.count() < config.concurrency {
                 let Some(entry) = queued.pop_front() else {
                     break;
                 };
                 let this = this.clone();
-                in_flight.spawn(async move { this.deliver(entry).await });
+                let slot = SendSlot::take(&sending);
+                in_flight.spawn(async move { this.deliver(entry, slot).await });
+            }
+            let ahead = config.concurrency * CLAIM_AHEAD;
+            if claiming.is_none() && maybe_more && queued.len() < ahead / 2 {
+                let want = ahead.saturating_sub(sending.count() + queued.len());
+                if want > 0 {
+                    // A wake-up during the claim sets this again.
+                    maybe_more = false;
+                    let store = this.store.clone();
+                    claiming = Some((want, Box::pin(async move { store.claim_due(want).await })));
+                }
             }
             tokio::select! {
                 _ = shutdown.cancelled() => break,
+                claimed = async {
+                    match claiming.as_mut() {
+                        Some((_, claim)) => claim.as_mut().await,
+                        None => std::future::pending().await,
+                    }
+                }, if claiming.is_some() => {
+                    let want = claiming.take().map_or(0, |(want, _)| want);
+                    match claimed {
+                        Ok(entries) => {
+                            maybe_more |= entries.len() == want;
+                            queued.extend(entries);
+                        }
+                        Err(e) => tracing::warn!(error = %e, "cannot read the outbox"),
+                    }
+                }
                 _ = wake.notified() => maybe_more = true,
+                _ = sending.freed.notified() => {}
                 Some(_) = in_flight.join_next(), if !in_flight.is_empty() => {}
-                _ = tokio::time::sleep(config.poll_interval) => maybe_more = true,
+                _ = tokio::time::sleep_until(next_poll) => {}
             }
         }
+        // A claim dropped unanswered gives its entries back in the store.
+        drop(claiming);
         for entry in queued {
             this.store.release(entry.id);
         }
@@ -94,7 +174,9 @@ impl Dispatcher {
         while in_flight.join_next().await.is_some() {}
     }
 
-    async fn deliver(&self, entry: OutboxEntry) {
+    /// Renders and sends `entry`, gives `slot` up, then records the
+    /// outcome (the entry stays claimed until the record commits).
+    async fn deliver(&self, entry: OutboxEntry, slot: SendSlot) {
         let settings = self.settings.load_full();
         let config = &settings.outbox;
         let attempt = entry.attempts + 1;
@@ -116,6 +198,9 @@ impl Dispatcher {
                 }
             }
         };
+        // Sent (or not): the next delivery may start while this one's
+        // record waits for the writer.
+        drop(slot);
         let outcome = match &result {
             Ok(_) => "sent",
             Err(DeliveryError::Permanent(_)) => "failed",
@@ -185,11 +270,20 @@ impl Dispatcher {
             .templates
             .render(template, &ctx)
             .map_err(|e| e.to_string())?;
+        let html = if settings.channels.sends_html(&entry.channel) {
+            settings
+                .templates
+                .render_html(template, &ctx)
+                .map_err(|e| e.to_string())?
+        } else {
+            None
+        };
         Ok(Outbound {
             delivery_id: entry.id,
             inquiry: entry.reference.0.clone(),
             in_reply_to: field("in_reply_to").unwrap_or_default().to_owned(),
             text,
+            html,
             reply_context: entry
                 .payload
                 .get("reply_context")

@@ -699,6 +699,44 @@ impl Engine {
         effects
     }
 
+    /// Routes a resolved inquiry that a reply reopened, as the store
+    /// restored it (its requirements, SLA state and who passed on it, as a
+    /// restart would). Whoever held it before becomes the customer's
+    /// previous associate, so the sticky preference offers it to them
+    /// first when they are eligible.
+    pub fn reopen(&mut self, r: RestoredWork, now: i64) -> Vec<Effect> {
+        let mut effects = Vec::new();
+        let id = r.work.id;
+        if self.works.contains_key(&id) {
+            return effects;
+        }
+        if let (Some(customer), Some(previous)) = (&r.work.customer_key, &r.assignee) {
+            let previous = self.shared.interner.name(previous);
+            self.sticky.insert(customer_hash(customer), (previous, now));
+        }
+        let mut work = self.shared.work(r.work);
+        work.responded = r.responded;
+        work.sla_breached = r.sla_breached;
+        for (who, expired) in r
+            .declined
+            .iter()
+            .map(|w| (w, false))
+            .chain(r.expired.iter().map(|w| (w, true)))
+        {
+            work.pass(&self.shared.interner.name(who), expired);
+        }
+        work.relaxed = steps(self.effective(&work, now).steps_taken);
+        if let Some(due) = work.sla_due
+            && !work.responded
+            && !work.sla_breached
+        {
+            self.timers.insert((due, Timer::Sla, id));
+        }
+        self.works.insert(id, work);
+        self.route(id, now, &mut effects);
+        effects
+    }
+
     pub fn accept(&mut self, id: i64, who: &str, now: i64) -> Result<Vec<Effect>, RoutingError> {
         let work = self.works.get(&id).ok_or(RoutingError::NotOpen)?;
         match &work.state {
@@ -1989,6 +2027,52 @@ mod tests {
         again.id = 3;
         let fx = e.add(again, window + 10);
         assert_eq!(offered_to(&fx), vec![(3, "anna".into())], "window passed");
+    }
+
+    #[test]
+    fn a_reopened_inquiry_goes_back_to_whoever_held_it() {
+        let mut e = engine(vec![
+            person("anna", &[("billing", 5)], &["en"], 3),
+            person("ben", &[("billing", 3)], &["en"], 3),
+        ]);
+        let customer = "email:c@x.example";
+        // The customer's latest assignment is anna's (inquiry 2) ...
+        let mut other = work(2, &[("billing", 1)], Medium::Chat);
+        other.customer_key = Some(customer.into());
+        e.add(other.clone(), 0);
+        e.accept(2, "anna", 1).unwrap();
+        // ... but inquiry 1, resolved by ben and reopened by a reply, goes
+        // back to ben although anna has the better skill fit.
+        let mut reopened = work(1, &[("billing", 1)], Medium::Chat);
+        reopened.customer_key = Some(customer.into());
+        reopened.sla_due = Some(5);
+        let restored = RestoredWork {
+            work: reopened,
+            status: Status::Open,
+            assignee: Some("ben".into()),
+            open_offer: None,
+            declined: Vec::new(),
+            expired: Vec::new(),
+            responded: true,
+            sla_breached: false,
+        };
+        let fx = e.reopen(restored.clone(), 10);
+        assert_eq!(offered_to(&fx), vec![(1, "ben".into())]);
+        assert_eq!(
+            event(&fx, "offered").unwrap()["candidates"][0]["sticky"],
+            true
+        );
+        assert!(
+            e.reopen(restored, 11).is_empty(),
+            "an inquiry the router holds is not taken twice"
+        );
+        e.accept(1, "ben", 12).unwrap();
+        assert_eq!(e.holder(1), Some("ben"));
+        // Its first-response SLA was met before it was resolved: the past
+        // deadline is not a breach.
+        assert!(event(&e.tick(20), "sla_breached").is_none());
+        e.resolve(1, Some("ben"), None, 30).unwrap();
+        assert_eq!(e.holder(1), None);
     }
 
     #[test]

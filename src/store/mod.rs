@@ -1,5 +1,6 @@
 //! Persistence: inquiries, messages, thread keys, the event log and the
-//! outbox, in SQLite (WAL, `synchronous=FULL`).
+//! outbox, in SQLite (WAL, durable commits) or, for several instances
+//! sharing one database, in PostgreSQL (selected by the URL's scheme).
 //!
 //! Every write goes through one writer task ([`writer`]) that commits
 //! whatever is queued in one transaction: many concurrent intakes share one
@@ -7,8 +8,12 @@
 //! caller's future resolves only after its transaction is durable, which is
 //! what lets the API answer a provider 2xx. Reads use a separate pool.
 
+pub mod cluster;
+pub mod lease;
+mod postgres;
 mod reads;
 mod routing;
+mod sql;
 mod writer;
 
 use std::collections::HashSet;
@@ -18,8 +23,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, TimeZone, Utc};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{ConnectOptions, SqlitePool};
+use sqlx::AnyPool;
+use sqlx::any::AnyPoolOptions;
+use sqlx::sqlite::SqliteConnectOptions;
 use tokio::sync::{Notify, mpsc, oneshot};
 
 use crate::config::StoreConfig;
@@ -31,7 +37,8 @@ pub use reads::{
     OutboxEntry, OutboxRecord,
 };
 
-static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
 /// Store failures. Callers on the intake path turn these into 503 so the
 /// provider retries: nothing is acknowledged that was not committed.
@@ -41,6 +48,13 @@ pub enum StoreError {
     Database(#[from] sqlx::Error),
     #[error("database error: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    #[error("database error: {}", pg_detail(.0))]
+    Postgres(#[from] ::postgres::Error),
+    #[error("the store is unavailable: {0}")]
+    Unavailable(String),
+    /// This instance no longer holds the lease a write needs.
+    #[error("lease `{0}` is held by another instance")]
+    LeaseLost(String),
     #[error("schema migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("cannot prepare the database folder {path}: {source}")]
@@ -48,7 +62,7 @@ pub enum StoreError {
         path: String,
         source: std::io::Error,
     },
-    #[error("store URL `{0}` is not a sqlite:// URL")]
+    #[error("store.url is neither a sqlite:// nor a postgres:// URL (it starts with `{0}`)")]
     BadUrl(String),
     #[error("the store is shutting down")]
     Closed,
@@ -63,9 +77,26 @@ pub enum StoreError {
     Corrupt(String),
 }
 
+impl StoreError {
+    /// A conflict with another instance's concurrent transaction (a unique
+    /// key it committed first, a deadlock, a serialization failure): the
+    /// same work done again sees what the other committed.
+    pub fn is_contention(&self) -> bool {
+        let code = match self {
+            StoreError::Postgres(e) => e.code().map(|c| c.code().to_owned()),
+            StoreError::Database(sqlx::Error::Database(e)) => e.code().map(|c| c.into_owned()),
+            _ => None,
+        };
+        matches!(code.as_deref(), Some("23505" | "40001" | "40P01"))
+    }
+}
+
 /// What to do about acknowledging a message, decided before the commit
 /// (by rules, later) and applied only if the message opens an inquiry:
-/// replies on an open inquiry are not acknowledged again.
+/// replies on an open inquiry are not acknowledged again, nor are replies
+/// that reopen a resolved one (the customer is in a conversation that
+/// already has its reference); a reply that opens a new inquiry linked to
+/// an old one is acknowledged like any new inquiry.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AckPlan {
     Send { template: String, language: String },
@@ -79,6 +110,10 @@ pub struct Intake {
     pub ack: AckPlan,
     /// What the rules decided; applied only if the message opens an inquiry.
     pub classification: Classified,
+    /// A resolved inquiry this message threads onto is reopened if it was
+    /// resolved at most this long ago (`threading.reopen_window`); else a
+    /// new inquiry linked to it opens. Zero never reopens.
+    pub reopen_window: Duration,
 }
 
 /// The rules' verdict on a message, stored with the inquiry it opens.
@@ -159,32 +194,55 @@ pub struct DeliveryRecord {
 /// The handle every part of the daemon shares.
 #[derive(Debug)]
 pub struct Store {
-    pool: SqlitePool,
+    /// Reads (API views, metrics, the router's snapshot), on either backend.
+    pool: AnyPool,
+    /// `Some` when the database is shared by several instances.
+    shared: Option<Shared>,
     jobs: mpsc::Sender<writer::Job>,
     /// Fires when the writer thread has committed its last batch.
     writer: Mutex<Option<oneshot::Receiver<()>>>,
     /// Set by `close`: later writes fail fast with `Closed`.
     closing: AtomicBool,
     outbox_wake: Arc<Notify>,
-    /// Outbox ids handed to the dispatcher and not yet recorded: with one
-    /// process per SQLite file this is the whole claim protocol.
+    /// Outbox ids handed to this instance's dispatcher and not yet
+    /// recorded. With SQLite (one process per file) this is the whole claim
+    /// protocol; with PostgreSQL claims are also leased in the database.
     in_flight: Arc<Mutex<HashSet<i64>>>,
+}
+
+/// What an instance sharing a PostgreSQL database needs to know.
+#[derive(Debug, Clone)]
+pub struct Shared {
+    /// This instance's name in leases and claims.
+    pub instance: String,
 }
 
 impl Store {
     /// Opens (creating if needed) the database at `config.url`, applies
     /// migrations and starts the writer.
     pub async fn open(config: &StoreConfig) -> Result<Arc<Store>, StoreError> {
+        Self::open_as(config, None).await
+    }
+
+    /// Like [`Store::open`], naming this instance for leases and claims
+    /// (PostgreSQL only; the default is `<hostname>-<pid>`).
+    pub async fn open_as(
+        config: &StoreConfig,
+        instance: Option<&str>,
+    ) -> Result<Arc<Store>, StoreError> {
+        sqlx::any::install_default_drivers();
+        if config.is_postgres() {
+            let instance = instance.map_or_else(default_instance, str::to_owned);
+            return Self::open_postgres(config, instance).await;
+        }
+        if !config.url.starts_with("sqlite:") {
+            let scheme = config.url.split(':').next().unwrap_or_default();
+            return Err(StoreError::BadUrl(scheme.chars().take(16).collect()));
+        }
         let options = SqliteConnectOptions::from_str(&config.url)
-            .map_err(|_| StoreError::BadUrl(config.url.clone()))?
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Full)
-            .foreign_keys(true)
-            .busy_timeout(Duration::from_secs(10))
-            .pragma("cache_size", format!("-{}", config.read_cache_kib))
-            .log_statements(tracing::log::LevelFilter::Trace);
-        if let Some(dir) = options.get_filename().parent()
+            .map_err(|_| StoreError::BadUrl("sqlite:".into()))?;
+        let path = options.get_filename().to_path_buf();
+        if let Some(dir) = path.parent()
             && !dir.as_os_str().is_empty()
         {
             std::fs::create_dir_all(dir).map_err(|source| StoreError::Folder {
@@ -192,16 +250,32 @@ impl Store {
                 source,
             })?;
         }
-        let pool = SqlitePoolOptions::new()
-            .max_connections(4)
-            .connect_with(options.clone())
+        // Creates the file and switches it to WAL (a property of the file)
+        // before the read pool opens it.
+        rusqlite::Connection::open(&path)?.pragma_update(None, "journal_mode", "WAL")?;
+        let url = format!("sqlite://{}", path.display());
+        let read_cache_kib = config.read_cache_kib;
+        let pool = AnyPoolOptions::new()
+            .max_connections(config.pool_size.max(1))
+            .after_connect(move |conn, _| {
+                Box::pin(async move {
+                    use sqlx::Executor;
+                    // A small page cache per read connection (`store.read_cache_kib`).
+                    conn.execute(sqlx::AssertSqlSafe(format!(
+                        "PRAGMA cache_size = -{read_cache_kib}"
+                    )))
+                    .await?;
+                    Ok(())
+                })
+            })
+            .connect(&url)
             .await?;
-        MIGRATOR.run(&pool).await?;
+        SQLITE_MIGRATIONS.run(&pool).await?;
         let (jobs, rx) = mpsc::channel(config.max_batch * 8);
         let outbox_wake = Arc::new(Notify::new());
         let in_flight = Arc::new(Mutex::new(HashSet::new()));
         let handle = writer::spawn(
-            options.get_filename(),
+            &path,
             rx,
             config.max_batch,
             config.cache_kib,
@@ -210,12 +284,72 @@ impl Store {
         )?;
         Ok(Arc::new(Store {
             pool,
+            shared: None,
             jobs,
             writer: Mutex::new(Some(handle)),
             closing: AtomicBool::new(false),
             outbox_wake,
             in_flight,
         }))
+    }
+
+    async fn open_postgres(
+        config: &StoreConfig,
+        instance: String,
+    ) -> Result<Arc<Store>, StoreError> {
+        let mut pg: ::postgres::Config = config
+            .url
+            .parse()
+            .map_err(|_| StoreError::BadUrl("postgres:".into()))?;
+        pg.connect_timeout(config.connect_timeout);
+        let timeout_ms = config.statement_timeout.as_millis();
+        let pool = AnyPoolOptions::new()
+            .max_connections(config.pool_size.max(1))
+            .acquire_timeout(config.connect_timeout)
+            .after_connect(move |conn, _| {
+                Box::pin(async move {
+                    use sqlx::Executor;
+                    conn.execute(sqlx::AssertSqlSafe(format!(
+                        "SET statement_timeout = {timeout_ms}"
+                    )))
+                    .await?;
+                    Ok(())
+                })
+            })
+            .connect(&config.url)
+            .await?;
+        POSTGRES_MIGRATIONS.run(&pool).await?;
+        let (jobs, rx) = mpsc::channel(config.max_batch * 8);
+        let outbox_wake = Arc::new(Notify::new());
+        let in_flight = Arc::new(Mutex::new(HashSet::new()));
+        let target = postgres::PgTarget {
+            config: pg,
+            instance: instance.clone(),
+            statement_timeout: config.statement_timeout,
+            claim_lease: config.claim_lease,
+        };
+        let handle = writer::spawn_postgres(
+            target,
+            rx,
+            config.max_batch,
+            outbox_wake.clone(),
+            in_flight.clone(),
+        )?;
+        tracing::info!(instance = %instance, "store: shared PostgreSQL database");
+        Ok(Arc::new(Store {
+            pool,
+            shared: Some(Shared { instance }),
+            jobs,
+            writer: Mutex::new(Some(handle)),
+            closing: AtomicBool::new(false),
+            outbox_wake,
+            in_flight,
+        }))
+    }
+
+    /// `Some` when several instances share this store's database.
+    pub fn shared(&self) -> Option<&Shared> {
+        self.shared.as_ref()
     }
 
     /// Commits one inbound message (durably) and says what became of it.
@@ -343,6 +477,15 @@ impl Store {
         routing::snapshot(&self.pool, sticky_window, to_ms(Utc::now())).await
     }
 
+    /// A reopened inquiry as the router's snapshot would restore it, for
+    /// the running router; `None` if it is resolved (again) or unknown.
+    pub async fn reopened_work(
+        &self,
+        id: i64,
+    ) -> Result<Option<crate::routing::engine::RestoredWork>, StoreError> {
+        routing::restored(&self.pool, id).await
+    }
+
     /// Woken whenever a commit adds outbox entries.
     pub fn outbox_wake(&self) -> Arc<Notify> {
         self.outbox_wake.clone()
@@ -381,6 +524,20 @@ impl Store {
         {
             tracing::error!("the store writer stopped abnormally");
         }
+        if let Some(shared) = &self.shared {
+            // Entries this instance claimed but did not deliver (cut off by
+            // the drain) go back to the others now, not after the lease.
+            let released = sqlx::query(
+                "UPDATE outbox SET claimed_by = NULL, claimed_until = NULL \
+                 WHERE claimed_by = $1 AND status = 'pending'",
+            )
+            .bind(shared.instance.as_str())
+            .execute(&self.pool)
+            .await;
+            if let Err(e) = released {
+                tracing::warn!(error = %e, "cannot release outbox claims; they lapse after store.claim_lease");
+            }
+        }
         self.pool.close().await;
     }
 
@@ -390,6 +547,25 @@ impl Store {
         }
         self.jobs.send(job).await.map_err(|_| StoreError::Closed)
     }
+}
+
+/// The server's own message (and code), which `postgres::Error`'s
+/// display leaves out.
+fn pg_detail(e: &::postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{} ({})", db.message(), db.code().code()),
+        None => e.to_string(),
+    }
+}
+
+/// `<hostname>-<pid>`: unique among instances running at the same time.
+fn default_instance() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "switchboard".into());
+    format!("{host}-{}", std::process::id())
 }
 
 pub(crate) fn to_ms(t: DateTime<Utc>) -> i64 {
@@ -443,6 +619,7 @@ mod tests {
                 language: "en".into(),
             },
             classification: Classified::default(),
+            reopen_window: Duration::ZERO,
         }
     }
 
@@ -574,6 +751,233 @@ mod tests {
         tokio::time::sleep(std::time::Duration::from_millis(30)).await;
         let late = store.intake(sms("s4", "+491", 10)).await.unwrap();
         assert!(late.opened, "outside the window a new inquiry opens");
+    }
+
+    const WEEK: Duration = Duration::from_secs(7 * 24 * 3600);
+
+    /// A reply on thread `thread` with the given reopen window.
+    fn reply(id: &str, thread: &str, window: Duration) -> Intake {
+        let mut m = message(id, Some(thread));
+        m.reopen_window = window;
+        m
+    }
+
+    /// Resolves inquiry `id` as the router does: status and event.
+    async fn resolve(store: &Store, id: i64, by: &str) {
+        store
+            .apply_routing(vec![
+                crate::routing::Effect::Status {
+                    inquiry_id: id,
+                    status: crate::inquiry::Status::Resolved,
+                    assignee: Some(by.into()),
+                    waiting_since: None,
+                },
+                crate::routing::Effect::Event {
+                    inquiry_id: id,
+                    kind: "resolved",
+                    detail: serde_json::json!({ "by": by }),
+                },
+            ])
+            .await
+            .unwrap();
+    }
+
+    /// Moves every recorded resolution `ago` into the past.
+    async fn resolved_ago(store: &Store, ago: Duration) {
+        sqlx::query("UPDATE inquiry_events SET at = at - ?1 WHERE kind = 'resolved'")
+            .bind(ago.as_millis() as i64)
+            .execute(&store.pool)
+            .await
+            .unwrap();
+    }
+
+    async fn detail(store: &Store, reference: &crate::inquiry::Reference) -> InquiryDetail {
+        store.inquiry(reference.as_str()).await.unwrap().unwrap()
+    }
+
+    fn kinds(d: &InquiryDetail) -> Vec<&str> {
+        d.events.iter().map(|e| e.kind.as_str()).collect()
+    }
+
+    #[tokio::test]
+    async fn a_reply_within_the_window_reopens_the_resolved_inquiry() {
+        let (_dir, store) = open_temp().await;
+        let first = store.intake(reply("r1", "t", WEEK)).await.unwrap();
+        resolve(&store, first.inquiry_id, "ben").await;
+        let again = store.intake(reply("r2", "t", WEEK)).await.unwrap();
+        assert!(again.reopened && !again.opened && !again.duplicate);
+        assert_eq!(again.inquiry, first.inquiry, "the same reference");
+        let d = detail(&store, &first.inquiry).await;
+        assert_eq!(d.inquiry.status, crate::inquiry::Status::Open);
+        assert_eq!(
+            d.inquiry.assignee.as_deref(),
+            Some("ben"),
+            "kept for routing"
+        );
+        assert_eq!(d.messages.len(), 2);
+        let reopened = d.events.iter().find(|e| e.kind == "reopened").unwrap();
+        assert_eq!(reopened.detail["provider_id"], "r2");
+        assert_eq!(reopened.detail["via"], "thread");
+        assert!(reopened.detail["resolved_at"].is_string());
+        assert_eq!(
+            store.outbox_counts().await.unwrap().pending,
+            1,
+            "a reopened inquiry is not acknowledged again"
+        );
+        // The router gets it back as stored, with who held it.
+        let work = store
+            .reopened_work(first.inquiry_id)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(work.assignee.as_deref(), Some("ben"));
+        assert_eq!(work.status, crate::inquiry::Status::Open);
+        // Idempotent: the same provider message again is a duplicate.
+        let dup = store.intake(reply("r2", "t", WEEK)).await.unwrap();
+        assert!(dup.duplicate && !dup.reopened);
+        // Open now: a further reply simply attaches.
+        let more = store.intake(reply("r3", "t", WEEK)).await.unwrap();
+        assert!(!more.reopened && !more.opened);
+        assert_eq!(more.inquiry, first.inquiry);
+        // A quoted reference reopens it too, once resolved again.
+        resolve(&store, first.inquiry_id, "ben").await;
+        let mut quoted = message("r4", None);
+        quoted.reopen_window = WEEK;
+        quoted.message.thread.reference = Some(first.inquiry.clone());
+        let by_ref = store.intake(quoted).await.unwrap();
+        assert!(by_ref.reopened);
+        assert_eq!(by_ref.inquiry, first.inquiry);
+        let d = detail(&store, &first.inquiry).await;
+        let last = d.events.iter().rfind(|e| e.kind == "reopened").unwrap();
+        assert_eq!(last.detail["via"], "reference");
+        assert!(store.reopened_work(9999).await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_reply_after_the_window_opens_a_linked_inquiry() {
+        let (_dir, store) = open_temp().await;
+        let old = store.intake(reply("l1", "t", WEEK)).await.unwrap();
+        resolve(&store, old.inquiry_id, "ben").await;
+        resolved_ago(&store, WEEK + Duration::from_secs(60)).await;
+        let late = store.intake(reply("l2", "t", WEEK)).await.unwrap();
+        assert!(late.opened && !late.reopened);
+        assert_ne!(late.inquiry, old.inquiry);
+        let new = detail(&store, &late.inquiry).await;
+        assert_eq!(new.inquiry.linked_to.as_ref(), Some(&old.inquiry));
+        assert_eq!(new.inquiry.status, crate::inquiry::Status::Open);
+        assert_eq!(kinds(&new), ["received", "linked", "ack_queued"]);
+        assert_eq!(new.events[1].detail["linked_to"], old.inquiry.as_str());
+        let was = detail(&store, &old.inquiry).await;
+        assert_eq!(was.inquiry.status, crate::inquiry::Status::Resolved);
+        assert_eq!(was.linked_from, std::slice::from_ref(&late.inquiry));
+        let link = was.events.iter().find(|e| e.kind == "linked").unwrap();
+        assert_eq!(link.detail["linked_from"], late.inquiry.as_str());
+        assert_eq!(link.detail["provider_id"], "l2");
+        assert_eq!(
+            store.outbox_counts().await.unwrap().pending,
+            2,
+            "the linked inquiry is acknowledged as a new one"
+        );
+        // Later replies to the old thread, by key or by the old reference,
+        // continue in the linked inquiry instead of opening more.
+        let next = store.intake(reply("l3", "t", WEEK)).await.unwrap();
+        assert!(!next.opened && !next.reopened);
+        assert_eq!(next.inquiry, late.inquiry);
+        let mut quoted = message("l4", None);
+        quoted.reopen_window = WEEK;
+        quoted.message.thread.reference = Some(old.inquiry.clone());
+        let by_ref = store.intake(quoted).await.unwrap();
+        assert_eq!(by_ref.inquiry, late.inquiry);
+        assert!(!by_ref.opened && !by_ref.reopened);
+        assert_eq!(detail(&store, &old.inquiry).await.messages.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_zero_window_never_reopens() {
+        let (_dir, store) = open_temp().await;
+        let old = store
+            .intake(reply("z1", "t", Duration::ZERO))
+            .await
+            .unwrap();
+        resolve(&store, old.inquiry_id, "ops").await;
+        let late = store
+            .intake(reply("z2", "t", Duration::ZERO))
+            .await
+            .unwrap();
+        assert!(late.opened && !late.reopened);
+        let new = detail(&store, &late.inquiry).await;
+        assert_eq!(new.inquiry.linked_to.as_ref(), Some(&old.inquiry));
+    }
+
+    /// Replies to one resolved inquiry that share a write batch: the first
+    /// reopens it (or opens the linked inquiry), the rest attach to that.
+    #[tokio::test]
+    async fn replies_in_one_batch_reopen_or_link_once() {
+        let (_dir, store) = open_temp().await;
+        let soon = store.intake(reply("b1", "soon", WEEK)).await.unwrap();
+        let late = store.intake(reply("b2", "late", WEEK)).await.unwrap();
+        resolve(&store, soon.inquiry_id, "ben").await;
+        resolve(&store, late.inquiry_id, "ben").await;
+        sqlx::query(
+            "UPDATE inquiry_events SET at = at - ?1 WHERE kind = 'resolved' AND inquiry_id = ?2",
+        )
+        .bind((WEEK * 2).as_millis() as i64)
+        .bind(late.inquiry_id)
+        .execute(&store.pool)
+        .await
+        .unwrap();
+        let item = |id: &str, thread: &str| MailItem {
+            intake: reply(id, thread, WEEK),
+            raw: None,
+        };
+        // Quoting the reference only: no thread key of this batch helps.
+        let quoting = |id: &str, r: &crate::inquiry::Reference| {
+            let mut intake = message(id, None);
+            intake.reopen_window = WEEK;
+            intake.message.thread.reference = Some(r.clone());
+            MailItem { intake, raw: None }
+        };
+        let outcomes = store
+            .mail_batch(MailBatch {
+                channel: "imap/test".into(),
+                mailbox: "INBOX".into(),
+                checkpoint: MailCheckpoint {
+                    uidvalidity: 1,
+                    last_uid: 5,
+                },
+                items: vec![
+                    item("b3", "soon"),
+                    item("b4", "late"),
+                    quoting("b5", &soon.inquiry),
+                    quoting("b6", &late.inquiry),
+                    item("b3", "soon"),
+                ],
+                quarantine: Vec::new(),
+            })
+            .await
+            .unwrap();
+        let flags: Vec<_> = outcomes
+            .iter()
+            .map(|o| (o.opened, o.reopened, o.duplicate))
+            .collect();
+        assert_eq!(
+            flags,
+            [
+                (false, true, false),
+                (true, false, false),
+                (false, false, false),
+                (false, false, false),
+                (false, false, true),
+            ]
+        );
+        assert_eq!(outcomes[0].inquiry, soon.inquiry);
+        assert_eq!(outcomes[2].inquiry, soon.inquiry);
+        assert_eq!(outcomes[3].inquiry, outcomes[1].inquiry);
+        let was = detail(&store, &soon.inquiry).await;
+        assert_eq!(kinds(&was).iter().filter(|k| **k == "reopened").count(), 1);
+        let linked = detail(&store, &outcomes[1].inquiry).await;
+        assert_eq!(linked.inquiry.linked_to.as_ref(), Some(&late.inquiry));
+        assert_eq!(linked.messages.len(), 2);
     }
 
     #[tokio::test]

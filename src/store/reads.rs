@@ -3,8 +3,8 @@
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use sqlx::sqlite::SqliteRow;
-use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
+use sqlx::any::AnyRow;
+use sqlx::{AnyPool, AssertSqlSafe, Row};
 
 use super::{StoreError, from_ms};
 use crate::inquiry::{Customer, Inquiry, Reference, Status};
@@ -17,6 +17,10 @@ pub struct InquiryDetail {
     pub messages: Vec<MessageRecord>,
     pub events: Vec<EventRecord>,
     pub outbox: Vec<OutboxRecord>,
+    /// Newer inquiries linked to this one (replies that came after it had
+    /// been resolved longer than the reopen window), oldest first.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub linked_from: Vec<Reference>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -92,9 +96,9 @@ pub struct OutboxCounts {
 
 const INQUIRY_COLUMNS: &str = "id, reference, status, urgency, channel, medium, customer_name, customer_email, \
      customer_phone, customer_handle, customer_key, subject, language, created_at, updated_at, queue, assignee, \
-     requirements, sla_due_at, sla_breached, first_response_at";
+     requirements, sla_due_at, sla_breached, first_response_at, linked_to";
 
-fn inquiry_from_row(row: &SqliteRow) -> Result<Inquiry, StoreError> {
+fn inquiry_from_row(row: &AnyRow) -> Result<Inquiry, StoreError> {
     let corrupt = |e: crate::inquiry::UnknownValue| StoreError::Corrupt(e.to_string());
     Ok(Inquiry {
         id: row.try_get("id")?,
@@ -133,26 +137,31 @@ fn inquiry_from_row(row: &SqliteRow) -> Result<Inquiry, StoreError> {
         first_response_at: row
             .try_get::<Option<i64>, _>("first_response_at")?
             .map(from_ms),
+        linked_to: row
+            .try_get::<Option<i64>, _>("linked_to")?
+            .map(Reference::from_id),
     })
 }
 
-fn json_column(row: &SqliteRow, name: &str) -> Result<serde_json::Value, StoreError> {
+fn json_column(row: &AnyRow, name: &str) -> Result<serde_json::Value, StoreError> {
     let text: String = row.try_get(name)?;
     serde_json::from_str(&text).map_err(|e| StoreError::Corrupt(format!("column {name}: {e}")))
 }
 
 pub(super) async fn inquiry_detail(
-    pool: &SqlitePool,
+    pool: &AnyPool,
     reference: &str,
 ) -> Result<Option<InquiryDetail>, StoreError> {
     let Some(id) = Reference::to_id(reference) else {
         return Ok(None);
     };
-    let mut q = QueryBuilder::<Sqlite>::new(format!(
-        "SELECT {INQUIRY_COLUMNS} FROM inquiries WHERE id = "
-    ));
-    q.push_bind(id);
-    let Some(row) = q.build().fetch_optional(pool).await? else {
+    let Some(row) = sqlx::query(AssertSqlSafe(format!(
+        "SELECT {INQUIRY_COLUMNS} FROM inquiries WHERE id = $1"
+    )))
+    .bind(id)
+    .fetch_optional(pool)
+    .await?
+    else {
         return Ok(None);
     };
     let inquiry = inquiry_from_row(&row)?;
@@ -220,37 +229,60 @@ pub(super) async fn inquiry_detail(
         })
         .collect::<Result<_, StoreError>>()?;
 
+    let linked_from = sqlx::query_scalar::<_, String>(
+        "SELECT reference FROM inquiries WHERE linked_to = $1 ORDER BY id",
+    )
+    .bind(inquiry.id)
+    .fetch_all(pool)
+    .await?
+    .into_iter()
+    .map(Reference)
+    .collect();
+
     Ok(Some(InquiryDetail {
         inquiry,
         messages,
         events,
         outbox,
+        linked_from,
     }))
 }
 
 pub(super) async fn list_inquiries(
-    pool: &SqlitePool,
+    pool: &AnyPool,
     filter: &InquiryFilter,
 ) -> Result<InquiryPage, StoreError> {
     let limit = filter.limit.clamp(1, 500);
-    let mut q = QueryBuilder::<Sqlite>::new(format!(
-        "SELECT {INQUIRY_COLUMNS} FROM inquiries WHERE 1 = 1"
-    ));
+    // Placeholders are numbered by hand: `$n` is what both databases read.
+    let mut sql = format!("SELECT {INQUIRY_COLUMNS} FROM inquiries WHERE 1 = 1");
+    let mut n = 0;
+    let mut next = || {
+        n += 1;
+        n
+    };
+    if filter.status.is_some() {
+        sql.push_str(&format!(" AND status = ${}", next()));
+    }
+    if filter.channel.is_some() {
+        sql.push_str(&format!(" AND channel = ${}", next()));
+    }
+    if filter.before.is_some() {
+        sql.push_str(&format!(" AND id < ${}", next()));
+    }
+    // One extra row tells whether another page exists.
+    sql.push_str(&format!(" ORDER BY id DESC LIMIT ${}", next()));
+    let mut q = sqlx::query(AssertSqlSafe(sql));
     if let Some(status) = filter.status {
-        q.push(" AND status = ").push_bind(status.as_str());
+        q = q.bind(status.as_str());
     }
     if let Some(channel) = &filter.channel {
-        q.push(" AND channel = ").push_bind(channel.clone());
+        q = q.bind(channel.clone());
     }
     if let Some(before) = &filter.before {
         // A malformed cursor matches nothing rather than everything.
-        q.push(" AND id < ")
-            .push_bind(Reference::to_id(before).unwrap_or(0));
+        q = q.bind(Reference::to_id(before).unwrap_or(0));
     }
-    // One extra row tells whether another page exists.
-    q.push(" ORDER BY id DESC LIMIT ")
-        .push_bind(i64::from(limit) + 1);
-    let rows = q.build().fetch_all(pool).await?;
+    let rows = q.bind(i64::from(limit) + 1).fetch_all(pool).await?;
     let mut inquiries = rows
         .iter()
         .map(inquiry_from_row)
@@ -264,7 +296,7 @@ pub(super) async fn list_inquiries(
     Ok(InquiryPage { inquiries, next })
 }
 
-pub(super) async fn outbox_counts(pool: &SqlitePool) -> Result<OutboxCounts, StoreError> {
+pub(super) async fn outbox_counts(pool: &AnyPool) -> Result<OutboxCounts, StoreError> {
     let rows = sqlx::query("SELECT status, COUNT(*) AS n FROM outbox GROUP BY status")
         .fetch_all(pool)
         .await?;
@@ -282,12 +314,12 @@ pub(super) async fn outbox_counts(pool: &SqlitePool) -> Result<OutboxCounts, Sto
 }
 
 pub(super) async fn mail_checkpoint(
-    pool: &SqlitePool,
+    pool: &AnyPool,
     channel: &str,
     mailbox: &str,
 ) -> Result<Option<super::MailCheckpoint>, StoreError> {
     let row: Option<(i64, i64)> = sqlx::query_as(
-        "SELECT uidvalidity, last_uid FROM email_checkpoints WHERE channel = ?1 AND mailbox = ?2",
+        "SELECT uidvalidity, last_uid FROM email_checkpoints WHERE channel = $1 AND mailbox = $2",
     )
     .bind(channel)
     .bind(mailbox)
@@ -299,9 +331,9 @@ pub(super) async fn mail_checkpoint(
     }))
 }
 
-pub(super) async fn quarantine_count(pool: &SqlitePool, channel: &str) -> Result<i64, StoreError> {
+pub(super) async fn quarantine_count(pool: &AnyPool, channel: &str) -> Result<i64, StoreError> {
     Ok(
-        sqlx::query_scalar("SELECT COUNT(*) FROM email_quarantine WHERE channel = ?1")
+        sqlx::query_scalar("SELECT COUNT(*) FROM email_quarantine WHERE channel = $1")
             .bind(channel)
             .fetch_one(pool)
             .await?,

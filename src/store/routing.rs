@@ -4,16 +4,16 @@
 use std::time::Duration;
 
 use futures_util::TryStreamExt;
-use rusqlite::{Connection, params};
 use sqlx::Row;
 
 use super::StoreError;
+use super::sql::Conn;
 use crate::inquiry::{Medium, Status, Urgency};
 use crate::routing::engine::{Effect, NewWork, RestoredWork, Snapshot};
 use crate::routing::{Presence, Requirements};
 
 /// Writes `effects` in order. Runs inside the writer's batch transaction.
-pub(super) fn write(conn: &Connection, effects: &[Effect], now: i64) -> Result<bool, StoreError> {
+pub(super) fn write<C: Conn>(tx: &mut C, effects: &[Effect], now: i64) -> Result<bool, StoreError> {
     let mut notified = false;
     let mut events = Vec::new();
     for e in effects {
@@ -25,21 +25,21 @@ pub(super) fn write(conn: &Connection, effects: &[Effect], now: i64) -> Result<b
                 offered_at,
                 expires_at,
             } => {
-                conn.prepare_cached(
+                tx.exec(
                     "INSERT INTO offers (id, inquiry_id, associate_id, offered_at, expires_at, state) \
-                     VALUES (?1, ?2, ?3, ?4, ?5, 'open')",
-                )?
-                .execute(params![offer_id, inquiry_id, associate, offered_at, expires_at])?;
+                     VALUES ($1, $2, $3, $4, $5, 'open')",
+                    &[&offer_id, &inquiry_id, &associate, &offered_at, &expires_at],
+                )?;
             }
             Effect::OfferClosed {
                 offer_id,
                 state,
                 at,
             } => {
-                conn.prepare_cached(
-                    "UPDATE offers SET state = ?1, decided_at = ?2 WHERE id = ?3 AND state = 'open'",
-                )?
-                .execute(params![state.as_str(), at, offer_id])?;
+                tx.exec(
+                    "UPDATE offers SET state = $1, decided_at = $2 WHERE id = $3 AND state = 'open'",
+                    &[&state.as_str(), &at, &offer_id],
+                )?;
             }
             Effect::Status {
                 inquiry_id,
@@ -47,45 +47,47 @@ pub(super) fn write(conn: &Connection, effects: &[Effect], now: i64) -> Result<b
                 assignee,
                 waiting_since,
             } => {
-                conn.prepare_cached(
-                    "UPDATE inquiries SET status = ?1, assignee = COALESCE(?2, assignee), \
-                     waiting_since = COALESCE(?3, waiting_since), updated_at = ?4 WHERE id = ?5",
-                )?
-                .execute(params![
-                    status.as_str(),
-                    assignee,
-                    waiting_since,
-                    now,
-                    inquiry_id
-                ])?;
+                tx.exec(
+                    "UPDATE inquiries SET status = $1, assignee = COALESCE($2, assignee), \
+                     waiting_since = COALESCE($3, waiting_since), updated_at = $4 WHERE id = $5",
+                    &[
+                        &status.as_str(),
+                        &assignee,
+                        &waiting_since,
+                        &now,
+                        &inquiry_id,
+                    ],
+                )?;
             }
             Effect::FirstResponse { inquiry_id, at } => {
-                conn.prepare_cached(
-                    "UPDATE inquiries SET first_response_at = COALESCE(first_response_at, ?1) WHERE id = ?2",
-                )?
-                .execute(params![at, inquiry_id])?;
+                tx.exec(
+                    "UPDATE inquiries SET first_response_at = COALESCE(first_response_at, $1) WHERE id = $2",
+                    &[&at, &inquiry_id],
+                )?;
             }
             Effect::SlaBreached { inquiry_id } => {
-                conn.prepare_cached("UPDATE inquiries SET sla_breached = 1 WHERE id = ?1")?
-                    .execute(params![inquiry_id])?;
+                tx.exec(
+                    "UPDATE inquiries SET sla_breached = 1 WHERE id = $1",
+                    &[&inquiry_id],
+                )?;
             }
             Effect::Presence {
                 associate,
                 presence,
                 since,
             } => {
-                conn.prepare_cached(
-                    "INSERT INTO presence (associate_id, presence, since) VALUES (?1, ?2, ?3) \
+                tx.exec(
+                    "INSERT INTO presence (associate_id, presence, since) VALUES ($1, $2, $3) \
                      ON CONFLICT (associate_id) DO UPDATE SET presence = excluded.presence, since = excluded.since",
-                )?
-                .execute(params![associate, presence.as_str(), since])?;
+                    &[&associate, &presence.as_str(), &since],
+                )?;
             }
             Effect::IdleSince { associate, at } => {
-                conn.prepare_cached(
-                    "INSERT INTO presence (associate_id, presence, since, idle_since) VALUES (?1, 'offline', ?2, ?2) \
+                tx.exec(
+                    "INSERT INTO presence (associate_id, presence, since, idle_since) VALUES ($1, 'offline', $2, $2) \
                      ON CONFLICT (associate_id) DO UPDATE SET idle_since = excluded.idle_since",
-                )?
-                .execute(params![associate, at])?;
+                    &[&associate, &at],
+                )?;
             }
             Effect::Event {
                 inquiry_id,
@@ -101,22 +103,82 @@ pub(super) fn write(conn: &Connection, effects: &[Effect], now: i64) -> Result<b
                 let payload = serde_json::json!({
                     "associate": associate, "what": what, "expires_at": expires_at,
                 });
-                conn.prepare_cached(
+                tx.exec(
                     "INSERT INTO outbox (inquiry_id, kind, channel, payload, status, attempts, next_attempt_at, created_at) \
-                     VALUES (?1, 'notify', 'notify', ?2, 'pending', 0, ?3, ?3)",
-                )?
-                .execute(params![inquiry_id, payload.to_string(), now])?;
+                     VALUES ($1, 'notify', 'notify', $2, 'pending', 0, $3, $3)",
+                    &[&inquiry_id, &payload.to_string(), &now],
+                )?;
                 notified = true;
             }
         }
     }
-    super::writer::insert_events(conn, &events, now)?;
+    super::writer::insert_events(tx, &events, now)?;
     Ok(notified)
+}
+
+/// One open inquiry, as [`snapshot`] restores it (without an open offer:
+/// a reopened inquiry has none until the router makes one).
+pub(super) async fn restored(
+    pool: &sqlx::AnyPool,
+    id: i64,
+) -> Result<Option<RestoredWork>, StoreError> {
+    let Some(r) = sqlx::query(
+        "SELECT medium, urgency, customer_key, requirements, sla_due_at, \
+         COALESCE(waiting_since, created_at), status, assignee, first_response_at, sla_breached \
+         FROM inquiries WHERE id = $1 AND status <> 'resolved'",
+    )
+    .bind(id)
+    .fetch_optional(pool)
+    .await?
+    else {
+        return Ok(None);
+    };
+    let bad = |what: &str| StoreError::Corrupt(format!("inquiry {id}: {what}"));
+    let medium: Medium = r.get::<String, _>(0).parse().map_err(|_| bad("medium"))?;
+    let urgency: Urgency = r.get::<String, _>(1).parse().map_err(|_| bad("urgency"))?;
+    let status: Status = r.get::<String, _>(6).parse().map_err(|_| bad("status"))?;
+    let requirements: Requirements = match r.get::<Option<String>, _>(3) {
+        Some(text) => serde_json::from_str(&text).map_err(|_| bad("requirements"))?,
+        None => Requirements::default(),
+    };
+    let mut work = RestoredWork {
+        work: NewWork {
+            id,
+            medium,
+            urgency,
+            customer_key: r.get(2),
+            requirements,
+            sla_due: r.get(4),
+            waiting_since: r.get(5),
+        },
+        status,
+        assignee: r.get(7),
+        open_offer: None,
+        declined: Vec::new(),
+        expired: Vec::new(),
+        responded: r.get::<Option<i64>, _>(8).is_some(),
+        sla_breached: r.get::<i64, _>(9) != 0,
+    };
+    let passed = sqlx::query(
+        "SELECT associate_id, state FROM offers WHERE inquiry_id = $1 AND state IN ('declined', 'expired')",
+    )
+    .bind(id)
+    .fetch_all(pool)
+    .await?;
+    for r in passed {
+        let who: String = r.get(0);
+        if r.get::<String, _>(1) == "expired" {
+            work.expired.push(who);
+        } else {
+            work.declined.push(who);
+        }
+    }
+    Ok(Some(work))
 }
 
 /// Everything open, for the router to start from.
 pub(super) async fn snapshot(
-    pool: &sqlx::SqlitePool,
+    pool: &sqlx::AnyPool,
     sticky_window: Duration,
     now: i64,
 ) -> Result<Snapshot, StoreError> {
@@ -183,7 +245,7 @@ pub(super) async fn snapshot(
     let since = now - sticky_window.as_millis() as i64;
     for r in sqlx::query(
         "SELECT customer_key, assignee, MAX(updated_at) FROM inquiries \
-         WHERE customer_key IS NOT NULL AND assignee IS NOT NULL AND updated_at >= ?1 \
+         WHERE customer_key IS NOT NULL AND assignee IS NOT NULL AND updated_at >= $1 \
          GROUP BY customer_key, assignee ORDER BY 3",
     )
     .bind(since)

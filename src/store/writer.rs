@@ -6,11 +6,15 @@
 //! batch fails, its jobs are retried one by one so a single bad job cannot
 //! fail its neighbours.
 //!
-//! The writer is a plain thread with a synchronous rusqlite connection and
-//! cached statements. A whole batch runs without leaving the thread: with
-//! an async driver every statement was a hop to the driver's thread and
-//! back, and on a busy 2-core machine each hop waited for a time slice,
-//! which made the serial path (and so intake) five times slower.
+//! The writer is a plain thread with a synchronous connection (rusqlite,
+//! or the `postgres` client) and cached statements. A whole batch runs
+//! without leaving the thread: with an async driver every statement was a
+//! hop to the driver's thread and back, and on a busy 2-core machine each
+//! hop waited for a time slice, which made the serial path (and so intake)
+//! five times slower. The SQL is shared by both backends (`sql`); what
+//! differs is in [`Db`]: how ids are allocated, how outbox entries are
+//! claimed, and, with PostgreSQL, the fencing that keeps an instance that
+//! lost a lease from writing as if it still held it.
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -18,9 +22,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::Utc;
-use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
+use rusqlite::{Connection, Transaction, TransactionBehavior};
 use tokio::sync::{Notify, mpsc, oneshot};
 
+use super::sql::{Conn, Lite, Row};
 use super::{
     AckPlan, DeliveryRecord, DeliveryResult, Intake, IntakeOutcome, MailBatch, OutboxEntry,
     StoreError, to_ms,
@@ -104,14 +109,17 @@ pub(super) fn spawn(
     })?;
     let (synced, to_answer) = std::sync::mpsc::channel();
     let mut writer = Writer {
-        conn,
-        next_inquiry_id: last_id + 1,
+        db: Db::Sqlite {
+            conn,
+            texts: HashMap::new(),
+            next_inquiry_id: last_id + 1,
+        },
         synced,
     };
     let mut wal = path.as_os_str().to_owned();
     wal.push("-wal");
     let syncer = Syncer {
-        wal: PathBuf::from(wal),
+        wal: Some(PathBuf::from(wal)),
         outbox_wake,
         in_flight,
     };
@@ -139,6 +147,40 @@ pub(super) fn spawn(
     Ok(done_rx)
 }
 
+/// Starts the writer thread on a PostgreSQL database. Commits are durable
+/// when PostgreSQL answers them, so the syncer only answers callers.
+pub(super) fn spawn_postgres(
+    target: super::postgres::PgTarget,
+    rx: mpsc::Receiver<Job>,
+    max_batch: usize,
+    outbox_wake: Arc<Notify>,
+    in_flight: Arc<Mutex<HashSet<i64>>>,
+) -> Result<oneshot::Receiver<()>, StoreError> {
+    let (synced, to_answer) = std::sync::mpsc::channel();
+    let mut writer = Writer {
+        db: Db::Postgres(Box::new(super::postgres::Writer::new(target))),
+        synced,
+    };
+    let syncer = Syncer {
+        wal: None,
+        outbox_wake,
+        in_flight,
+    };
+    let (done_tx, done_rx) = oneshot::channel();
+    std::thread::Builder::new()
+        .name("switchboard-answer".into())
+        .spawn(move || {
+            syncer.run(to_answer);
+            let _ = done_tx.send(());
+        })
+        .map_err(StoreError::Thread)?;
+    std::thread::Builder::new()
+        .name("switchboard-writer".into())
+        .spawn(move || writer.run(rx, max_batch))
+        .map_err(StoreError::Thread)?;
+    Ok(done_rx)
+}
+
 /// Copies committed WAL frames into the database file in the background.
 /// A PASSIVE checkpoint never blocks the writer; when SQLite checkpointed
 /// inside a commit instead, every few commits paid for copying and syncing
@@ -158,12 +200,35 @@ fn checkpointer(conn: Connection, stop: std::sync::mpsc::Receiver<()>) {
 }
 
 struct Writer {
-    conn: Connection,
-    /// Ids are allocated here, not by SQLite, so references can be derived
-    /// before the insert; this writer is the only one.
-    next_inquiry_id: i64,
+    db: Db,
     /// Committed batches on their way to the syncer.
     synced: std::sync::mpsc::Sender<Committed>,
+}
+
+/// The writer's database and what differs between the backends.
+enum Db {
+    Sqlite {
+        conn: Connection,
+        /// Statement texts in SQLite's placeholder style, by their shared text.
+        texts: HashMap<&'static str, String>,
+        /// Ids are allocated here, not by SQLite, so references can be
+        /// derived before the insert; this writer is the only one.
+        next_inquiry_id: i64,
+    },
+    Postgres(Box<super::postgres::Writer>),
+}
+
+/// What a batch needs to know about the backend it runs on.
+pub(super) enum Dialect<'a> {
+    Sqlite {
+        next_inquiry_id: &'a mut i64,
+    },
+    /// Shared by several instances: ids from a sequence, claims with
+    /// leases, writes fenced by the leases this instance holds.
+    Postgres {
+        instance: &'a str,
+        claim_lease_ms: i64,
+    },
 }
 
 impl Writer {
@@ -198,29 +263,57 @@ impl Writer {
 
     fn process(&mut self, jobs: Vec<Job>) {
         metrics::histogram!("switchboard_store_batch_size").record(jobs.len() as f64);
-        let first_id = self.next_inquiry_id;
-        match self.commit(&jobs) {
+        match self.commit_retrying(&jobs) {
             Ok(outcomes) => self.to_sync(jobs, outcomes),
             Err(e) if jobs.len() == 1 => {
-                self.next_inquiry_id = first_id;
                 tracing::error!(error = %e, "store commit failed");
                 fail(jobs, e);
             }
             Err(e) => {
-                self.next_inquiry_id = first_id;
                 tracing::warn!(error = %e, jobs = jobs.len(), "batch commit failed; retrying jobs one by one");
                 for job in jobs {
-                    let first_id = self.next_inquiry_id;
                     let single = [job];
-                    match self.commit(&single) {
+                    match self.commit_retrying(&single) {
                         Ok(outcomes) => self.to_sync(single.into(), outcomes),
                         Err(e) => {
-                            self.next_inquiry_id = first_id;
                             tracing::error!(error = %e, "store commit failed");
                             fail(single.into(), e);
                         }
                     }
                 }
+            }
+        }
+    }
+
+    /// Commits `jobs`, again when another instance got in the way (a
+    /// unique key it committed first, a deadlock, a serialization
+    /// failure): the next attempt sees what it committed.
+    fn commit_retrying(&mut self, jobs: &[Job]) -> Result<Vec<Output>, StoreError> {
+        let mut attempt = 0;
+        loop {
+            let first_id = match &self.db {
+                Db::Sqlite {
+                    next_inquiry_id, ..
+                } => Some(*next_inquiry_id),
+                Db::Postgres(_) => None,
+            };
+            let result = self.commit(jobs);
+            if result.is_err()
+                && let (
+                    Some(first),
+                    Db::Sqlite {
+                        next_inquiry_id, ..
+                    },
+                ) = (first_id, &mut self.db)
+            {
+                *next_inquiry_id = first;
+            }
+            match result {
+                Err(e) if attempt < 3 && e.is_contention() => {
+                    attempt += 1;
+                    tracing::debug!(error = %e, attempt, "commit met another instance; retrying");
+                }
+                other => return other,
             }
         }
     }
@@ -237,7 +330,34 @@ impl Writer {
     /// then claims. Returns one output per job, in job order.
     fn commit(&mut self, jobs: &[Job]) -> Result<Vec<Output>, StoreError> {
         let now = to_ms(Utc::now());
-        let tx = Transaction::new(&mut self.conn, TransactionBehavior::Immediate)?;
+        match &mut self.db {
+            Db::Sqlite {
+                conn,
+                texts,
+                next_inquiry_id,
+            } => {
+                let tx = Transaction::new(conn, TransactionBehavior::Immediate)?;
+                let mut c = Lite { conn: &tx, texts };
+                let dialect = Dialect::Sqlite { next_inquiry_id };
+                let outputs = apply(&mut c, dialect, jobs, now)?;
+                tx.commit()?;
+                Ok(outputs)
+            }
+            Db::Postgres(pg) => pg.transaction(|c, dialect| apply(c, dialect, jobs, now)),
+        }
+    }
+}
+
+/// Applies `jobs` in one open transaction: intakes, then delivery records,
+/// then each job's own writes and reads. Returns one output per job, in
+/// job order.
+fn apply<C: Conn>(
+    tx: &mut C,
+    mut dialect: Dialect<'_>,
+    jobs: &[Job],
+    now: i64,
+) -> Result<Vec<Output>, StoreError> {
+    {
         let intakes: Vec<&Intake> = jobs
             .iter()
             .flat_map(|j| -> Box<dyn Iterator<Item = &Intake> + '_> {
@@ -248,12 +368,29 @@ impl Writer {
                 }
             })
             .collect();
+        for job in jobs {
+            fence(tx, &dialect, job, now)?;
+        }
         let mut plan = Plan::default();
         if !intakes.is_empty() {
-            let known = existing_messages(&tx, &intakes)?;
-            let threads = open_threads(&tx, &intakes)?;
-            plan = Plan::build(&intakes, &known, &threads, &mut self.next_inquiry_id, now);
-            plan.write(&tx)?;
+            lock_threads(tx, &dialect, &intakes)?;
+            let known = existing_messages(tx, &intakes)?;
+            let threads = open_threads(tx, &intakes)?;
+            let mut shared_ids = match dialect {
+                Dialect::Postgres { .. } => sequence_ids(tx, intakes.len())?,
+                Dialect::Sqlite { .. } => Vec::new(),
+            }
+            .into_iter();
+            let mut next_id = || match &mut dialect {
+                Dialect::Sqlite { next_inquiry_id } => {
+                    let id = **next_inquiry_id;
+                    **next_inquiry_id += 1;
+                    id
+                }
+                Dialect::Postgres { .. } => shared_ids.next().expect("one id per intake at most"),
+            };
+            plan = Plan::build(&intakes, &known, &threads, &mut next_id, now);
+            plan.write(tx, &dialect)?;
         }
         let deliveries: Vec<&DeliveryRecord> = jobs
             .iter()
@@ -263,7 +400,7 @@ impl Writer {
             })
             .collect();
         if !deliveries.is_empty() {
-            write_deliveries(&tx, &deliveries, now)?;
+            write_deliveries(tx, &deliveries, now)?;
         }
         let mut outcomes = plan.outcomes.into_iter();
         let mut outputs = Vec::with_capacity(jobs.len());
@@ -271,25 +408,107 @@ impl Writer {
             outputs.push(match job {
                 Job::Intake(..) => Output::Intake(outcomes.next().expect("one outcome per intake")),
                 Job::Mail(batch, _) => {
-                    write_mail(&tx, batch, now)?;
+                    write_mail(tx, batch, now)?;
                     Output::Mail(outcomes.by_ref().take(batch.items.len()).collect())
                 }
                 Job::Delivery(..) | Job::Stop => Output::Done,
-                Job::Claim { scan, .. } => Output::Claimed(due_outbox(&tx, now, *scan)?),
+                Job::Claim { scan, .. } => Output::Claimed(due_outbox(tx, &dialect, now, *scan)?),
                 Job::Statuses {
                     channel, statuses, ..
-                } => Output::Count(write_statuses(&tx, channel, statuses, now)?),
+                } => Output::Count(write_statuses(tx, channel, statuses, now)?),
                 Job::Edits { channel, edits, .. } => {
-                    Output::Count(write_edits(&tx, channel, edits, now)?)
+                    Output::Count(write_edits(tx, channel, edits, now)?)
                 }
                 Job::Routing(effects, _) => {
-                    Output::Routed(super::routing::write(&tx, effects, now)?)
+                    Output::Routed(super::routing::write(tx, effects, now)?)
                 }
             });
         }
-        tx.commit()?;
         Ok(outputs)
     }
+}
+
+/// With PostgreSQL, a job that only the holder of a lease may write (the
+/// router's decisions, a mailbox's checkpoint) checks in its transaction
+/// that this instance still holds it, and keeps it from changing hands
+/// until the commit: an instance that stalled past its lease cannot
+/// overwrite what its successor decided.
+fn fence<C: Conn>(
+    tx: &mut C,
+    dialect: &Dialect<'_>,
+    job: &Job,
+    now: i64,
+) -> Result<(), StoreError> {
+    let Dialect::Postgres { instance, .. } = dialect else {
+        return Ok(());
+    };
+    let lease = match job {
+        Job::Routing(..) => super::lease::ROUTER.to_owned(),
+        Job::Mail(batch, _) => super::lease::mailbox(&batch.channel, &batch.mailbox),
+        _ => return Ok(()),
+    };
+    let held = tx.query_opt(
+        "SELECT holder FROM leases WHERE name = $1 AND holder = $2 AND expires_at > $3 FOR SHARE",
+        &[&lease, instance, &now],
+        |r| r.text(0),
+    )?;
+    match held {
+        Some(_) => Ok(()),
+        None => Err(StoreError::LeaseLost(lease)),
+    }
+}
+
+/// With PostgreSQL, another instance may be taking a reply to the same
+/// thread, or a message from the same customer, at this moment: a
+/// transaction-scoped advisory lock per key (taken in one order, so two
+/// batches cannot deadlock) makes the second wait and then see the first.
+fn lock_threads<C: Conn>(
+    tx: &mut C,
+    dialect: &Dialect<'_>,
+    intakes: &[&Intake],
+) -> Result<(), StoreError> {
+    if !matches!(dialect, Dialect::Postgres { .. }) {
+        return Ok(());
+    }
+    let mut keys: Vec<i64> = intakes
+        .iter()
+        .flat_map(|i| {
+            let t = &i.message.thread;
+            t.refers_to
+                .iter()
+                .chain(&t.provides)
+                .cloned()
+                .chain(follow_up_key(i).map(|(c, ch)| format!("{ch}\u{1f}{c}")))
+                .collect::<Vec<_>>()
+        })
+        .map(|k| lock_key(&k))
+        .collect();
+    keys.sort_unstable();
+    keys.dedup();
+    for k in keys {
+        tx.query_opt("SELECT pg_advisory_xact_lock($1)", &[&k], |_| Ok(()))?;
+    }
+    Ok(())
+}
+
+/// A stable 64-bit key for an advisory lock (FNV-1a).
+fn lock_key(text: &str) -> i64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in text.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h as i64
+}
+
+/// `n` ids from the shared sequence for inquiries this batch may open.
+/// Ids a batch does not use (duplicates, replies) become gaps, never reuse.
+fn sequence_ids<C: Conn>(tx: &mut C, n: usize) -> Result<Vec<i64>, StoreError> {
+    tx.query(
+        "SELECT nextval('inquiry_ids') FROM generate_series(1, $1::bigint)",
+        &[&(n as i64)],
+        |r| r.int(0),
+    )
 }
 
 /// Makes committed batches durable and answers their callers.
@@ -302,7 +521,8 @@ impl Writer {
 /// caller answered here is durable, and the fsync of one batch overlaps
 /// the work of the next.
 struct Syncer {
-    wal: PathBuf,
+    /// SQLite's WAL file; `None` with PostgreSQL, whose commit is durable.
+    wal: Option<PathBuf>,
     outbox_wake: Arc<Notify>,
     /// Outbox ids handed out and not yet recorded. Only this thread adds
     /// to it and removes recorded ones, in commit order, so a claim can
@@ -324,7 +544,7 @@ impl Syncer {
                     }
                 }
                 Err(e) => {
-                    tracing::error!(error = %e, wal = %self.wal.display(), "cannot sync the WAL; answering failure");
+                    tracing::error!(error = %e, "cannot sync the WAL; answering failure");
                     for (jobs, _) in group {
                         fail(jobs, StoreError::Sync(e.kind().to_string()));
                     }
@@ -334,10 +554,13 @@ impl Syncer {
     }
 
     fn sync(&self) -> std::io::Result<()> {
+        let Some(wal) = &self.wal else {
+            return Ok(());
+        };
         // Opened per sync: fsync applies to the file, whichever descriptor.
         std::fs::OpenOptions::new()
             .write(true)
-            .open(&self.wal)?
+            .open(wal)?
             .sync_data()
     }
 
@@ -429,19 +652,16 @@ fn fail(jobs: Vec<Job>, e: StoreError) {
 /// `(channel, provider_id)` → (inquiry id, reference) for messages already stored.
 type Known = HashMap<(String, String), (i64, Reference)>;
 
-fn existing_messages(conn: &Connection, intakes: &[&Intake]) -> Result<Known, StoreError> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT m.inquiry_id, i.reference FROM messages m JOIN inquiries i ON i.id = m.inquiry_id \
-         WHERE m.channel = ?1 AND m.provider_id = ?2",
-    )?;
+fn existing_messages<C: Conn>(tx: &mut C, intakes: &[&Intake]) -> Result<Known, StoreError> {
     let mut known = Known::new();
     for i in intakes {
         let channel = i.message.channel.to_string();
-        let found = stmt
-            .query_row(params![channel, i.message.provider_id], |r| {
-                Ok((r.get::<_, i64>(0)?, Reference(r.get(1)?)))
-            })
-            .optional()?;
+        let found = tx.query_opt(
+            "SELECT m.inquiry_id, i.reference FROM messages m JOIN inquiries i ON i.id = m.inquiry_id \
+             WHERE m.channel = $1 AND m.provider_id = $2",
+            &[&channel, &i.message.provider_id],
+            |r| Ok((r.int(0)?, Reference(r.text(1)?))),
+        )?;
         if let Some(found) = found {
             known.insert((channel, i.message.provider_id.clone()), found);
         }
@@ -449,11 +669,90 @@ fn existing_messages(conn: &Connection, intakes: &[&Intake]) -> Result<Known, St
     Ok(known)
 }
 
-/// Thread keys and quoted references → the newest open inquiry they name.
+/// An earlier inquiry a message threads onto, as the store has it.
+#[derive(Debug, Clone)]
+struct Thread {
+    id: i64,
+    reference: Reference,
+    created_at: i64,
+    /// When it was last resolved; `None` while it is not resolved.
+    resolved_at: Option<i64>,
+}
+
+impl Thread {
+    /// An inquiry that is open (or was just opened or reopened).
+    fn open(id: i64, reference: Reference) -> Thread {
+        Thread {
+            id,
+            reference,
+            created_at: 0,
+            resolved_at: None,
+        }
+    }
+}
+
+/// The columns [`thread_row`] reads. A resolved inquiry's resolution time
+/// is that of its latest `resolved` event (its `updated_at` for rows
+/// without one: nothing else touches a resolved inquiry); open ones skip
+/// the lookup.
+macro_rules! thread_columns {
+    () => {
+        "i.id, i.reference, i.status, i.created_at, CASE WHEN i.status = 'resolved' THEN \
+         COALESCE((SELECT MAX(e.at) FROM inquiry_events e WHERE e.inquiry_id = i.id \
+         AND e.kind = 'resolved'), i.updated_at) END"
+    };
+}
+
+fn thread_row(r: &dyn Row) -> Result<Thread, StoreError> {
+    let resolved = r.text(2)? == Status::Resolved.as_str();
+    Ok(Thread {
+        id: r.int(0)?,
+        reference: Reference(r.text(1)?),
+        created_at: r.int(3)?,
+        resolved_at: if resolved { Some(r.int(4)?) } else { None },
+    })
+}
+
+/// Bound on the newer linked inquiries followed from the one a reply names
+/// (a guard, not an expected depth: each link is one late reply).
+const MAX_LINK_HOPS: usize = 16;
+
+/// The inquiry that continues `thread` now: a resolved inquiry that a late
+/// reply already continued in a new linked inquiry hands later replies on
+/// to that one (so two late replies to an old mail thread do not open two
+/// inquiries), unless it was itself reopened and resolved again since.
+fn latest<C: Conn>(tx: &mut C, mut thread: Thread) -> Result<Thread, StoreError> {
+    for _ in 0..MAX_LINK_HOPS {
+        let Some(resolved_at) = thread.resolved_at else {
+            break;
+        };
+        let newer = tx.query_opt(
+            concat!(
+                "SELECT ",
+                thread_columns!(),
+                " FROM inquiries i WHERE i.linked_to = $1 ORDER BY i.id DESC LIMIT 1"
+            ),
+            &[&thread.id],
+            thread_row,
+        )?;
+        let Some(newer) = newer else {
+            break;
+        };
+        if newer.created_at < resolved_at {
+            break;
+        }
+        thread = newer;
+    }
+    Ok(thread)
+}
+
+/// Thread keys and quoted references → the inquiry they name: for a key,
+/// the newest open inquiry holding it, else the newest resolved one; a
+/// resolved inquiry is followed to the newer inquiry linked to it, if any.
 #[derive(Default)]
-struct OpenThreads {
-    by_key: HashMap<String, (i64, Reference)>,
-    by_reference: HashMap<String, i64>,
+struct Threads {
+    by_key: HashMap<String, Thread>,
+    by_reference: HashMap<String, Thread>,
     /// `(customer_key, channel)` → newest open inquiry and its last activity.
     by_customer: HashMap<(String, String), (i64, Reference, i64)>,
 }
@@ -466,25 +765,30 @@ fn follow_up_key(intake: &Intake) -> Option<(String, String)> {
     Some((m.customer_key.clone()?, m.channel.to_string()))
 }
 
-fn open_threads(conn: &Connection, intakes: &[&Intake]) -> Result<OpenThreads, StoreError> {
-    let mut threads = OpenThreads::default();
-    let mut by_key = conn.prepare_cached(
-        "SELECT i.id, i.reference FROM thread_keys t JOIN inquiries i ON i.id = t.inquiry_id \
-         WHERE t.key = ?1 AND i.status <> 'resolved' ORDER BY i.id DESC LIMIT 1",
-    )?;
+fn open_threads<C: Conn>(tx: &mut C, intakes: &[&Intake]) -> Result<Threads, StoreError> {
+    let mut threads = Threads::default();
     for key in intakes
         .iter()
         .flat_map(|i| i.message.thread.refers_to.iter())
     {
-        if let Some(found) = by_key
-            .query_row([key], |r| Ok((r.get::<_, i64>(0)?, Reference(r.get(1)?))))
-            .optional()?
-        {
-            threads.by_key.insert(key.clone(), found);
+        if threads.by_key.contains_key(key) {
+            continue;
+        }
+        let found = tx.query_opt(
+            concat!(
+                "SELECT ",
+                thread_columns!(),
+                " FROM thread_keys t JOIN inquiries i ON i.id = t.inquiry_id WHERE t.key = $1 \
+                 ORDER BY CASE WHEN i.status = 'resolved' THEN 1 ELSE 0 END, i.id DESC LIMIT 1"
+            ),
+            &[key],
+            thread_row,
+        )?;
+        if let Some(found) = found {
+            let current = latest(tx, found)?;
+            threads.by_key.insert(key.clone(), current);
         }
     }
-    let mut by_reference =
-        conn.prepare_cached("SELECT id FROM inquiries WHERE id = ?1 AND status <> 'resolved'")?;
     for r in intakes
         .iter()
         .filter_map(|i| i.message.thread.reference.as_ref())
@@ -492,53 +796,91 @@ fn open_threads(conn: &Connection, intakes: &[&Intake]) -> Result<OpenThreads, S
         let Some(wanted) = Reference::to_id(&r.0) else {
             continue;
         };
-        if let Some(id) = by_reference
-            .query_row([wanted], |row| row.get::<_, i64>(0))
-            .optional()?
-        {
-            threads.by_reference.insert(r.0.clone(), id);
+        if threads.by_reference.contains_key(&r.0) {
+            continue;
+        }
+        let found = tx.query_opt(
+            concat!(
+                "SELECT ",
+                thread_columns!(),
+                " FROM inquiries i WHERE i.id = $1"
+            ),
+            &[&wanted],
+            thread_row,
+        )?;
+        if let Some(found) = found {
+            let current = latest(tx, found)?;
+            threads.by_reference.insert(r.0.clone(), current);
         }
     }
-    let mut by_customer = conn.prepare_cached(
-        "SELECT id, reference, updated_at FROM inquiries WHERE customer_key = ?1 AND channel = ?2 \
-         AND status <> 'resolved' ORDER BY id DESC LIMIT 1",
-    )?;
     for key in intakes.iter().filter_map(|i| follow_up_key(i)) {
-        if let Some(found) = by_customer
-            .query_row(params![key.0, key.1], |r| {
-                Ok((
-                    r.get::<_, i64>(0)?,
-                    Reference(r.get(1)?),
-                    r.get::<_, i64>(2)?,
-                ))
-            })
-            .optional()?
-        {
+        let found = tx.query_opt(
+            "SELECT id, reference, updated_at FROM inquiries WHERE customer_key = $1 AND channel = $2 \
+             AND status <> 'resolved' ORDER BY id DESC LIMIT 1",
+            &[&key.0, &key.1],
+            |r| Ok((r.int(0)?, Reference(r.text(1)?), r.int(2)?)),
+        )?;
+        if let Some(found) = found {
             threads.by_customer.insert(key, found);
         }
     }
     Ok(threads)
 }
 
+/// What earlier messages of the same batch did to the inquiries the store
+/// knew: later messages must see it.
+#[derive(Default)]
+struct BatchThreads {
+    /// Resolved inquiries reopened in this batch.
+    reopened: HashSet<i64>,
+    /// Resolved inquiry → the new inquiry linked to it in this batch.
+    successors: HashMap<i64, Thread>,
+}
+
+impl BatchThreads {
+    fn current(&self, thread: &Thread) -> Thread {
+        if let Some(next) = self.successors.get(&thread.id) {
+            return next.clone();
+        }
+        if self.reopened.contains(&thread.id) {
+            return Thread::open(thread.id, thread.reference.clone());
+        }
+        thread.clone()
+    }
+}
+
 /// The rows one batch of intakes writes, decided in memory first.
 #[derive(Default)]
 struct Plan<'a> {
     outcomes: Vec<IntakeOutcome>,
-    inquiries: Vec<(i64, &'a Intake)>,
+    /// New inquiries, with the resolved inquiry each continues, if any.
+    inquiries: Vec<(i64, &'a Intake, Option<i64>)>,
     messages: Vec<(i64, &'a Intake)>,
     thread_keys: Vec<(String, i64)>,
     events: Vec<(i64, &'static str, String)>,
     outbox: Vec<(i64, &'a Intake, String)>,
     touched: Vec<i64>,
+    /// Resolved inquiries a reply reopens.
+    reopened: Vec<i64>,
     now: i64,
+}
+
+/// Where a message goes, once the thread it names (if any) is known.
+enum Placement {
+    /// Onto an open inquiry.
+    Attach(i64, Reference),
+    /// Onto a resolved inquiry, reopening it.
+    Reopen(Thread),
+    /// A new inquiry, continuing a resolved one when given.
+    Open(Option<Thread>),
 }
 
 impl<'a> Plan<'a> {
     fn build(
         intakes: &[&'a Intake],
         known: &Known,
-        threads: &OpenThreads,
-        next_id: &mut i64,
+        threads: &Threads,
+        next_id: &mut dyn FnMut() -> i64,
         now: i64,
     ) -> Plan<'a> {
         let mut plan = Plan {
@@ -549,6 +891,7 @@ impl<'a> Plan<'a> {
         let mut batch_known: Known = HashMap::new();
         let mut batch_keys: HashMap<String, (i64, Reference)> = HashMap::new();
         let mut batch_customers: HashMap<(String, String), (i64, Reference, i64)> = HashMap::new();
+        let mut batch_threads = BatchThreads::default();
         for &intake in intakes {
             let m = &intake.message;
             let key = (m.channel.to_string(), m.provider_id.clone());
@@ -558,34 +901,111 @@ impl<'a> Plan<'a> {
                     inquiry_id: *id,
                     duplicate: true,
                     opened: false,
+                    reopened: false,
                     language: None,
                 });
                 continue;
             }
-            let existing =
-                m.thread
-                    .reference
-                    .as_ref()
-                    .and_then(|r| threads.by_reference.get(&r.0).map(|id| (*id, r.clone())))
-                    .or_else(|| {
-                        m.thread.refers_to.iter().find_map(|k| {
-                            batch_keys.get(k).or_else(|| threads.by_key.get(k)).cloned()
-                        })
-                    })
-                    .or_else(|| {
-                        let key = follow_up_key(intake)?;
-                        let window = m.thread.follow_up_window?.as_millis() as i64;
-                        let (id, reference, active) = batch_customers
-                            .get(&key)
-                            .or_else(|| threads.by_customer.get(&key))?;
-                        (*active >= now - window).then(|| (*id, reference.clone()))
-                    });
-            let (id, reference, opened) = match existing {
-                Some((id, reference)) => (id, reference, false),
-                None => {
-                    let id = *next_id;
-                    *next_id += 1;
-                    (id, Reference::from_id(id), true)
+            let by_reference = m
+                .thread
+                .reference
+                .as_ref()
+                .and_then(|r| threads.by_reference.get(&r.0))
+                .map(|t| batch_threads.current(t));
+            let by_key: Vec<Thread> = m
+                .thread
+                .refers_to
+                .iter()
+                .filter_map(|k| match batch_keys.get(k) {
+                    Some((id, reference)) => Some(Thread::open(*id, reference.clone())),
+                    None => threads.by_key.get(k).map(|t| batch_threads.current(t)),
+                })
+                .collect();
+            let by_customer = || {
+                let key = follow_up_key(intake)?;
+                let window = m.thread.follow_up_window?.as_millis() as i64;
+                let (id, reference, active) = batch_customers
+                    .get(&key)
+                    .or_else(|| threads.by_customer.get(&key))?;
+                (*active >= now - window).then(|| Thread::open(*id, reference.clone()))
+            };
+            // An open inquiry found any way wins over a resolved one, so
+            // messages thread onto open inquiries exactly as before.
+            let named = || {
+                by_reference
+                    .iter()
+                    .map(|t| (t, "reference"))
+                    .chain(by_key.iter().map(|t| (t, "thread")))
+            };
+            let found = named()
+                .find(|(t, _)| t.resolved_at.is_none())
+                .map(|(t, via)| (t.clone(), via))
+                .or_else(|| by_customer().map(|t| (t, "follow_up")))
+                .or_else(|| named().next().map(|(t, via)| (t.clone(), via)));
+            let window = i64::try_from(intake.reopen_window.as_millis()).unwrap_or(i64::MAX);
+            let placement = match &found {
+                None => Placement::Open(None),
+                Some((t, _)) => match t.resolved_at {
+                    None => Placement::Attach(t.id, t.reference.clone()),
+                    Some(at) if window > 0 && at >= now.saturating_sub(window) => {
+                        Placement::Reopen(t.clone())
+                    }
+                    Some(_) => Placement::Open(Some(t.clone())),
+                },
+            };
+            let via = found.as_ref().map(|(_, via)| *via);
+            let detail = serde_json::json!({
+                "channel": m.channel.to_string(),
+                "provider_id": m.provider_id,
+            });
+            let resolution = |t: &Thread| {
+                serde_json::json!({
+                    "via": via,
+                    "resolved_at": t.resolved_at.map(|at| super::from_ms(at).to_rfc3339()),
+                    "reopen_window": humantime::format_duration(intake.reopen_window).to_string(),
+                })
+            };
+            let (id, reference, opened, reopened) = match placement {
+                Placement::Attach(id, reference) => {
+                    plan.touched.push(id);
+                    plan.events.push((id, "message_added", detail.to_string()));
+                    (id, reference, false, false)
+                }
+                Placement::Reopen(t) => {
+                    let mut why = resolution(&t);
+                    why["channel"] = detail["channel"].clone();
+                    why["provider_id"] = detail["provider_id"].clone();
+                    tracing::info!(inquiry = %t.reference, via, "a reply reopens a resolved inquiry");
+                    plan.reopened.push(t.id);
+                    plan.events.push((t.id, "reopened", why.to_string()));
+                    batch_threads.reopened.insert(t.id);
+                    (t.id, t.reference, false, true)
+                }
+                Placement::Open(previous) => {
+                    let id = next_id();
+                    let reference = Reference::from_id(id);
+                    plan.inquiries
+                        .push((id, intake, previous.as_ref().map(|t| t.id)));
+                    plan.events.push((id, "received", detail.to_string()));
+                    if let Some(t) = previous {
+                        let mut to = resolution(&t);
+                        to["linked_to"] = serde_json::json!(t.reference);
+                        plan.events.push((id, "linked", to.to_string()));
+                        let mut from = detail.clone();
+                        from["linked_from"] = serde_json::json!(reference);
+                        plan.events.push((t.id, "linked", from.to_string()));
+                        tracing::info!(
+                            inquiry = %reference,
+                            linked_to = %t.reference,
+                            via,
+                            "a reply to an inquiry resolved before the reopen window opens a linked one"
+                        );
+                        batch_threads
+                            .successors
+                            .insert(t.id, Thread::open(id, reference.clone()));
+                    }
+                    plan.open(id, intake);
+                    (id, reference, true, false)
                 }
             };
             for k in &m.thread.provides {
@@ -597,125 +1017,138 @@ impl<'a> Plan<'a> {
                 batch_customers.insert(customer, (id, reference.clone(), now));
             }
             plan.messages.push((id, intake));
-            let detail = serde_json::json!({
-                "channel": m.channel.to_string(),
-                "provider_id": m.provider_id,
-            });
-            if opened {
-                plan.inquiries.push((id, intake));
-                plan.events.push((id, "received", detail.to_string()));
-                if !intake.classification.trace.is_null() {
-                    plan.events
-                        .push((id, "classified", intake.classification.trace.to_string()));
-                }
-                match &intake.ack {
-                    AckPlan::Send { template, language } => {
-                        let payload = serde_json::json!({
-                            "template": template,
-                            "language": language,
-                            "in_reply_to": m.provider_id,
-                            "reply_context": m.reply_context,
-                        });
-                        plan.outbox.push((id, intake, payload.to_string()));
-                        let queued =
-                            serde_json::json!({ "template": template, "language": language });
-                        plan.events.push((id, "ack_queued", queued.to_string()));
-                    }
-                    AckPlan::Skip { reason } => {
-                        let skipped = serde_json::json!({ "reason": reason });
-                        plan.events.push((id, "ack_skipped", skipped.to_string()));
-                    }
-                }
-            } else {
-                plan.touched.push(id);
-                plan.events.push((id, "message_added", detail.to_string()));
-            }
             plan.outcomes.push(IntakeOutcome {
                 inquiry: reference,
                 inquiry_id: id,
                 duplicate: false,
                 opened,
+                reopened,
                 language: None,
             });
         }
         plan
     }
 
-    fn write(&self, conn: &Connection) -> Result<(), StoreError> {
+    /// The classification and acknowledgement events (and the outbox
+    /// entry) of a newly opened inquiry.
+    fn open(&mut self, id: i64, intake: &'a Intake) {
+        let m = &intake.message;
+        if !intake.classification.trace.is_null() {
+            self.events
+                .push((id, "classified", intake.classification.trace.to_string()));
+        }
+        match &intake.ack {
+            AckPlan::Send { template, language } => {
+                let payload = serde_json::json!({
+                    "template": template,
+                    "language": language,
+                    "in_reply_to": m.provider_id,
+                    "reply_context": m.reply_context,
+                });
+                self.outbox.push((id, intake, payload.to_string()));
+                let queued = serde_json::json!({ "template": template, "language": language });
+                self.events.push((id, "ack_queued", queued.to_string()));
+            }
+            AckPlan::Skip { reason } => {
+                let skipped = serde_json::json!({ "reason": reason });
+                self.events.push((id, "ack_skipped", skipped.to_string()));
+            }
+        }
+    }
+
+    fn write<C: Conn>(&self, tx: &mut C, dialect: &Dialect<'_>) -> Result<(), StoreError> {
         let now = self.now;
-        let mut stmt = conn.prepare_cached(
-            "INSERT INTO inquiries (id, reference, channel, medium, status, urgency, customer_name, \
-             customer_email, customer_phone, customer_handle, customer_key, subject, language, \
-             created_at, updated_at, queue, requirements, sla_due_at, waiting_since) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?15)",
-        )?;
-        for (id, intake) in &self.inquiries {
+        for (id, intake, linked_to) in &self.inquiries {
             let m = &intake.message;
             let c = &intake.classification;
-            stmt.execute(params![
-                id,
-                Reference::from_id(*id).0,
-                m.channel.to_string(),
-                m.medium.as_str(),
-                Status::Open.as_str(),
-                c.urgency.as_str(),
-                m.customer.name,
-                m.customer.email,
-                m.customer.phone,
-                m.customer.handle,
-                m.customer_key,
-                m.subject,
-                m.language,
-                to_ms(m.received_at),
-                now,
-                c.requirements.queue,
-                serde_json::to_string(&c.requirements).unwrap_or_default(),
-                c.sla_due_at.map(to_ms),
-            ])?;
+            tx.exec(
+                "INSERT INTO inquiries (id, reference, channel, medium, status, urgency, customer_name, \
+                 customer_email, customer_phone, customer_handle, customer_key, subject, language, \
+                 created_at, updated_at, queue, requirements, sla_due_at, waiting_since, linked_to) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $15, $19)",
+                &[
+                    id,
+                    &Reference::from_id(*id).0,
+                    &m.channel.to_string(),
+                    &m.medium.as_str(),
+                    &Status::Open.as_str(),
+                    &c.urgency.as_str(),
+                    &m.customer.name,
+                    &m.customer.email,
+                    &m.customer.phone,
+                    &m.customer.handle,
+                    &m.customer_key,
+                    &m.subject,
+                    &m.language,
+                    &to_ms(m.received_at),
+                    &now,
+                    &c.requirements.queue.as_deref(),
+                    &serde_json::to_string(&c.requirements).unwrap_or_default(),
+                    &c.sla_due_at.map(to_ms),
+                    linked_to,
+                ],
+            )?;
         }
-        let mut stmt = conn.prepare_cached(
-            "INSERT INTO messages (inquiry_id, channel, provider_id, received_at, sender, subject, body, \
-             language, attachments, metadata, reply_context) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-        )?;
         for (id, intake) in &self.messages {
             let m = &intake.message;
-            stmt.execute(params![
-                id,
-                m.channel.to_string(),
-                m.provider_id,
-                to_ms(m.received_at),
-                serde_json::to_string(&m.customer).unwrap_or_default(),
-                m.subject,
-                m.text,
-                m.language,
-                serde_json::to_string(&m.attachments).unwrap_or_else(|_| "[]".into()),
-                m.metadata.to_string(),
-                m.reply_context.to_string(),
-            ])?;
+            tx.exec(
+                "INSERT INTO messages (inquiry_id, channel, provider_id, received_at, sender, subject, body, \
+                 language, attachments, metadata, reply_context) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+                &[
+                    id,
+                    &m.channel.to_string(),
+                    &m.provider_id,
+                    &to_ms(m.received_at),
+                    &serde_json::to_string(&m.customer).unwrap_or_default(),
+                    &m.subject,
+                    &m.text,
+                    &m.language,
+                    &serde_json::to_string(&m.attachments).unwrap_or_else(|_| "[]".into()),
+                    &m.metadata.to_string(),
+                    &m.reply_context.to_string(),
+                ],
+            )?;
         }
-        let mut stmt = conn.prepare_cached(
-            "INSERT INTO thread_keys (key, inquiry_id) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
-        )?;
         for (key, id) in &self.thread_keys {
-            stmt.execute(params![key, id])?;
+            tx.exec(
+                "INSERT INTO thread_keys (key, inquiry_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                &[key, id],
+            )?;
         }
-        let mut stmt = conn.prepare_cached(
-            "INSERT INTO outbox (inquiry_id, kind, channel, payload, status, attempts, next_attempt_at, created_at) \
-             VALUES (?1, 'ack', ?2, ?3, 'pending', 0, ?4, ?4)",
-        )?;
         for (id, intake, payload) in &self.outbox {
-            stmt.execute(params![
-                id,
-                intake.message.channel.to_string(),
-                payload,
-                now
-            ])?;
+            tx.exec(
+                "INSERT INTO outbox (inquiry_id, kind, channel, payload, status, attempts, next_attempt_at, created_at) \
+                 VALUES ($1, 'ack', $2, $3, 'pending', 0, $4, $4)",
+                &[id, &intake.message.channel.to_string(), payload, &now],
+            )?;
         }
-        insert_events(conn, &self.events, now)?;
-        let mut stmt = conn.prepare_cached("UPDATE inquiries SET updated_at = ?1 WHERE id = ?2")?;
+        insert_events(tx, &self.events, now)?;
         for id in &self.touched {
-            stmt.execute(params![now, id])?;
+            tx.exec(
+                "UPDATE inquiries SET updated_at = $1 WHERE id = $2",
+                &[&now, id],
+            )?;
+        }
+        // Back in the queue from now; the assignee stays, so the router
+        // (and a restart's snapshot) can prefer whoever held it before.
+        for id in &self.reopened {
+            tx.exec(
+                "UPDATE inquiries SET status = $1, waiting_since = $2, updated_at = $2 \
+                 WHERE id = $3 AND status = 'resolved'",
+                &[&Status::Open.as_str(), &now, id],
+            )?;
+        }
+        if matches!(dialect, Dialect::Postgres { .. }) {
+            // The routing leader may run on another instance: it takes new
+            // inquiries from this queue (see `store::cluster`).
+            let opened = self.inquiries.iter().map(|(id, ..)| id);
+            for id in opened.chain(&self.reopened) {
+                tx.exec(
+                    "INSERT INTO routing_inbox (inquiry_id) VALUES ($1) ON CONFLICT DO NOTHING",
+                    &[id],
+                )?;
+            }
         }
         Ok(())
     }
@@ -723,72 +1156,69 @@ impl<'a> Plan<'a> {
 
 /// The checkpoint, quarantined mail and kept raw bytes of a mail batch.
 /// A checkpoint only moves forward within one UIDVALIDITY.
-fn write_mail(conn: &Connection, batch: &MailBatch, now: i64) -> Result<(), StoreError> {
-    conn.prepare_cached(
+fn write_mail<C: Conn>(tx: &mut C, batch: &MailBatch, now: i64) -> Result<(), StoreError> {
+    tx.exec(
         "INSERT INTO email_checkpoints (channel, mailbox, uidvalidity, last_uid, updated_at) \
-         VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (channel, mailbox) DO UPDATE SET \
-         last_uid = CASE WHEN uidvalidity = excluded.uidvalidity \
-             THEN MAX(last_uid, excluded.last_uid) ELSE excluded.last_uid END, \
+         VALUES ($1, $2, $3, $4, $5) ON CONFLICT (channel, mailbox) DO UPDATE SET \
+         last_uid = CASE WHEN email_checkpoints.uidvalidity <> excluded.uidvalidity \
+             OR excluded.last_uid > email_checkpoints.last_uid \
+             THEN excluded.last_uid ELSE email_checkpoints.last_uid END, \
          uidvalidity = excluded.uidvalidity, updated_at = excluded.updated_at",
-    )?
-    .execute(params![
-        batch.channel,
-        batch.mailbox,
-        i64::from(batch.checkpoint.uidvalidity),
-        i64::from(batch.checkpoint.last_uid),
-        now
-    ])?;
-    let mut quarantine = conn.prepare_cached(
-        "INSERT INTO email_quarantine (channel, mailbox, uidvalidity, uid, reason, size, raw, created_at) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT DO NOTHING",
+        &[
+            &batch.channel,
+            &batch.mailbox,
+            &i64::from(batch.checkpoint.uidvalidity),
+            &i64::from(batch.checkpoint.last_uid),
+            &now,
+        ],
     )?;
     for q in &batch.quarantine {
-        quarantine.execute(params![
-            batch.channel,
-            batch.mailbox,
-            i64::from(batch.checkpoint.uidvalidity),
-            i64::from(q.uid),
-            q.reason,
-            i64::try_from(q.size).unwrap_or(i64::MAX),
-            q.raw,
-            now
-        ])?;
+        tx.exec(
+            "INSERT INTO email_quarantine (channel, mailbox, uidvalidity, uid, reason, size, raw, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING",
+            &[
+                &batch.channel,
+                &batch.mailbox,
+                &i64::from(batch.checkpoint.uidvalidity),
+                &i64::from(q.uid),
+                &q.reason,
+                &i64::try_from(q.size).unwrap_or(i64::MAX),
+                &q.raw,
+                &now,
+            ],
+        )?;
     }
-    let mut raw = conn.prepare_cached(
-        "INSERT INTO email_raw (channel, provider_id, raw) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING",
-    )?;
     for item in &batch.items {
         if let Some(bytes) = &item.raw {
             let m = &item.intake.message;
-            raw.execute(params![m.channel.to_string(), m.provider_id, bytes])?;
+            tx.exec(
+                "INSERT INTO email_raw (channel, provider_id, raw) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+                &[&m.channel.to_string(), &m.provider_id, bytes],
+            )?;
         }
     }
     Ok(())
 }
 
-pub(super) fn insert_events(
-    conn: &Connection,
+pub(super) fn insert_events<C: Conn>(
+    tx: &mut C,
     events: &[(i64, &'static str, String)],
     now: i64,
 ) -> Result<(), StoreError> {
-    let mut stmt = conn.prepare_cached(
-        "INSERT INTO inquiry_events (inquiry_id, at, kind, detail) VALUES (?1, ?2, ?3, ?4)",
-    )?;
     for (id, kind, detail) in events {
-        stmt.execute(params![id, now, kind, detail])?;
+        tx.exec(
+            "INSERT INTO inquiry_events (inquiry_id, at, kind, detail) VALUES ($1, $2, $3, $4)",
+            &[id, &now, kind, detail],
+        )?;
     }
     Ok(())
 }
 
-fn write_deliveries(
-    conn: &Connection,
+fn write_deliveries<C: Conn>(
+    tx: &mut C,
     records: &[&DeliveryRecord],
     now: i64,
 ) -> Result<(), StoreError> {
-    let mut update = conn.prepare_cached(
-        "UPDATE outbox SET status = ?1, attempts = ?2, next_attempt_at = ?3, last_error = ?4, done_at = ?5, \
-         provider_message_id = COALESCE(?6, provider_message_id) WHERE id = ?7 AND status = 'pending'",
-    )?;
     let mut events = Vec::with_capacity(records.len());
     for r in records {
         let attempt = r.attempt;
@@ -834,37 +1264,40 @@ fn write_deliveries(
                 serde_json::json!({ "outbox_id": r.outbox_id, "attempt": attempt, "error": error }),
             ),
         };
-        update.execute(params![
-            status,
-            i64::from(attempt),
-            next_at,
-            error,
-            done_at,
-            provider_id,
-            r.outbox_id
-        ])?;
+        // Recording releases the claim: a retry is due at `next_at`.
+        tx.exec(
+            "UPDATE outbox SET status = $1, attempts = $2, next_attempt_at = $3, last_error = $4, done_at = $5, \
+             provider_message_id = COALESCE($6, provider_message_id), claimed_until = NULL \
+             WHERE id = $7 AND status = 'pending'",
+            &[
+                &status,
+                &i64::from(attempt),
+                &next_at,
+                &error,
+                &done_at,
+                &provider_id,
+                &r.outbox_id,
+            ],
+        )?;
         events.push((r.inquiry_id, kind, detail.to_string()));
     }
-    insert_events(conn, &events, now)
+    insert_events(tx, &events, now)
 }
 
-fn write_statuses(
-    conn: &Connection,
+fn write_statuses<C: Conn>(
+    tx: &mut C,
     channel: &str,
     statuses: &[ProviderStatus],
     now: i64,
 ) -> Result<usize, StoreError> {
-    let mut update = conn.prepare_cached(
-        "UPDATE outbox SET provider_status = ?1 WHERE channel = ?2 AND provider_message_id = ?3 \
-         RETURNING id, inquiry_id",
-    )?;
     let mut events = Vec::new();
     for st in statuses {
-        let row = update
-            .query_row(params![st.status, channel, st.provider_message_id], |r| {
-                Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?))
-            })
-            .optional()?;
+        let row = tx.query_opt(
+            "UPDATE outbox SET provider_status = $1 WHERE channel = $2 AND provider_message_id = $3 \
+             RETURNING id, inquiry_id",
+            &[&st.status, &channel, &st.provider_message_id],
+            |r| Ok((r.int(0)?, r.int(1)?)),
+        )?;
         match row {
             Some((outbox_id, inquiry_id)) => {
                 let detail = serde_json::json!({
@@ -880,69 +1313,95 @@ fn write_statuses(
             }
         }
     }
-    insert_events(conn, &events, now)?;
+    insert_events(tx, &events, now)?;
     Ok(events.len())
 }
 
-fn write_edits(
-    conn: &Connection,
+fn write_edits<C: Conn>(
+    tx: &mut C,
     channel: &str,
     edits: &[MessageEdit],
     now: i64,
 ) -> Result<usize, StoreError> {
-    // Unchanged text writes nothing, so a retried edit is a no-op.
-    let mut update = conn.prepare_cached(
-        "UPDATE messages SET body = ?1 WHERE channel = ?2 AND provider_id = ?3 AND body <> ?1 \
-         RETURNING inquiry_id",
-    )?;
     let mut events = Vec::new();
     for edit in edits {
-        let row = update
-            .query_row(params![edit.text, channel, edit.provider_id], |r| {
-                r.get::<_, i64>(0)
-            })
-            .optional()?;
+        // Unchanged text writes nothing, so a retried edit is a no-op.
+        let row = tx.query_opt(
+            "UPDATE messages SET body = $1 WHERE channel = $2 AND provider_id = $3 AND body <> $1 \
+             RETURNING inquiry_id",
+            &[&edit.text, &channel, &edit.provider_id],
+            |r| r.int(0),
+        )?;
         if let Some(inquiry_id) = row {
             let detail = serde_json::json!({ "provider_id": edit.provider_id });
             events.push((inquiry_id, "message_edited", detail.to_string()));
         }
     }
-    insert_events(conn, &events, now)?;
+    insert_events(tx, &events, now)?;
     Ok(events.len())
 }
 
 /// Outbox entries due at `now_ms`, oldest first, with what rendering needs.
-fn due_outbox(
-    conn: &Connection,
+/// With PostgreSQL, the entries are also claimed for this instance for a
+/// while (skipping those another instance holds): if this instance dies
+/// with them, another delivers them once the claim runs out.
+fn due_outbox<C: Conn>(
+    tx: &mut C,
+    dialect: &Dialect<'_>,
     now_ms: i64,
     limit: usize,
 ) -> Result<Vec<OutboxEntry>, StoreError> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT o.id, o.inquiry_id, o.kind, o.channel, o.payload, o.attempts, i.reference, \
-         i.customer_name, i.subject FROM outbox o JOIN inquiries i ON i.id = o.inquiry_id \
-         WHERE o.status = 'pending' AND o.next_attempt_at <= ?1 ORDER BY o.next_attempt_at, o.id LIMIT ?2",
-    )?;
-    let rows = stmt.query_map(params![now_ms, limit as i64], |r| {
+    let map = |r: &dyn super::sql::Row| -> Result<(OutboxEntry, String), StoreError> {
         Ok((
             OutboxEntry {
-                id: r.get(0)?,
-                inquiry_id: r.get(1)?,
-                kind: r.get(2)?,
-                channel: r.get(3)?,
+                id: r.int(0)?,
+                inquiry_id: r.int(1)?,
+                kind: r.text(2)?,
+                channel: r.text(3)?,
                 payload: serde_json::Value::Null,
-                attempts: r.get::<_, i64>(5)?.try_into().unwrap_or(u32::MAX),
-                reference: Reference(r.get(6)?),
-                customer_name: r.get(7)?,
-                subject: r.get(8)?,
+                attempts: r.int(5)?.try_into().unwrap_or(u32::MAX),
+                reference: Reference(r.text(6)?),
+                customer_name: r.opt_text(7)?,
+                subject: r.opt_text(8)?,
             },
-            r.get::<_, String>(4)?,
+            r.text(4)?,
         ))
-    })?;
-    rows.map(|row| {
-        let (mut entry, payload) = row?;
-        entry.payload = serde_json::from_str(&payload)
-            .map_err(|e| StoreError::Corrupt(format!("outbox {} payload: {e}", entry.id)))?;
-        Ok(entry)
-    })
-    .collect()
+    };
+    let rows = match dialect {
+        Dialect::Sqlite { .. } => tx.query(
+            "SELECT o.id, o.inquiry_id, o.kind, o.channel, o.payload, o.attempts, i.reference, \
+             i.customer_name, i.subject FROM outbox o JOIN inquiries i ON i.id = o.inquiry_id \
+             WHERE o.status = 'pending' AND o.next_attempt_at <= $1 ORDER BY o.next_attempt_at, o.id LIMIT $2",
+            &[&now_ms, &(limit as i64)],
+            map,
+        )?,
+        Dialect::Postgres {
+            instance,
+            claim_lease_ms,
+        } => tx.query(
+            "WITH claimed AS ( \
+                 UPDATE outbox SET claimed_by = $3, claimed_until = $4 WHERE id IN ( \
+                     SELECT id FROM outbox WHERE status = 'pending' AND next_attempt_at <= $1 \
+                     AND (claimed_until IS NULL OR claimed_until <= $1 OR claimed_by = $3) \
+                     ORDER BY next_attempt_at, id LIMIT $2 FOR UPDATE SKIP LOCKED) \
+                 RETURNING id, inquiry_id, kind, channel, payload, attempts, next_attempt_at) \
+             SELECT c.id, c.inquiry_id, c.kind, c.channel, c.payload, c.attempts, i.reference, \
+             i.customer_name, i.subject FROM claimed c JOIN inquiries i ON i.id = c.inquiry_id \
+             ORDER BY c.next_attempt_at, c.id",
+            &[
+                &now_ms,
+                &(limit as i64),
+                instance,
+                &(now_ms + claim_lease_ms),
+            ],
+            map,
+        )?,
+    };
+    rows.into_iter()
+        .map(|(mut entry, payload)| {
+            entry.payload = serde_json::from_str(&payload)
+                .map_err(|e| StoreError::Corrupt(format!("outbox {} payload: {e}", entry.id)))?;
+            Ok(entry)
+        })
+        .collect()
 }

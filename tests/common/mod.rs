@@ -3,6 +3,7 @@
 //! the reply endpoint that receives acknowledgements.
 #![allow(dead_code)]
 
+pub mod pg;
 pub mod providers;
 
 use std::collections::VecDeque;
@@ -24,6 +25,11 @@ const START_TIMEOUT: Duration = Duration::from_secs(20);
 /// A config folder: `switchboard.toml`, templates, and the database.
 pub struct Setup {
     pub dir: tempfile::TempDir,
+    /// `store.url`: SQLite in `dir`, or a fresh PostgreSQL database when the
+    /// suite runs against PostgreSQL (see [`pg::suite_server`]).
+    pub store_url: String,
+    /// A `[cluster]` table for the PostgreSQL pass, else empty.
+    pub cluster: String,
 }
 
 impl Setup {
@@ -42,7 +48,27 @@ impl Setup {
             "Hallo {{ customer_name or '' }}, Ihre Referenz ist {{ reference }}.",
         )
         .unwrap();
-        let setup = Setup { dir };
+        let (store_url, cluster) = match pg::suite_server() {
+            Some(admin) => {
+                let url = pg::create_database(&admin);
+                // A stable name: a restarted daemon resumes its own leases
+                // at once instead of waiting for them to expire.
+                let name = url.rsplit('/').next().unwrap_or("test").to_owned();
+                (url, format!("[cluster]\ninstance = \"{name}\"\n"))
+            }
+            None => (
+                format!(
+                    "sqlite://{}",
+                    dir.path().join("data").join("switchboard.sqlite").display()
+                ),
+                String::new(),
+            ),
+        };
+        let setup = Setup {
+            dir,
+            store_url,
+            cluster,
+        };
         setup.write_config(&setup.config_text(reply_url, ""));
         setup
     }
@@ -58,7 +84,7 @@ listen = "127.0.0.1:0"
 drain_timeout = "5s"
 
 [store]
-url = "sqlite://{db}"
+url = "{db}"
 
 [api]
 ops_token = "{TOKEN}"
@@ -73,12 +99,14 @@ max_attempts = 5
 request_timeout = "2s"
 poll_interval = "50ms"
 
+{cluster}
 [channels.generic.shop]
 secret = "{SECRET}"
 {reply}
 {extra}
 "#,
-            db = self.db_path().display(),
+            db = self.store_url,
+            cluster = self.cluster,
         )
     }
 
@@ -88,10 +116,6 @@ secret = "{SECRET}"
 
     pub fn config_path(&self) -> PathBuf {
         self.dir.path().join("switchboard.toml")
-    }
-
-    pub fn db_path(&self) -> PathBuf {
-        self.dir.path().join("data").join("switchboard.sqlite")
     }
 
     pub fn start(&self) -> Daemon {

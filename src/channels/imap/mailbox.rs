@@ -233,6 +233,31 @@ pub fn reconnect_delay(failures: u32, max: Duration) -> Duration {
     half + half.mul_f64(fastrand::f64())
 }
 
+/// Renews a mailbox lease every third of its TTL; cancels `held` when it
+/// is lost (or cannot be renewed before it could expire), which ends the
+/// mailbox session. A batch committing at that moment is refused by the
+/// store's fence, so a successor never sees mail imported twice.
+async fn keep_lease(store: Arc<Store>, lease: String, ttl: Duration, held: CancellationToken) {
+    let mut renewed = tokio::time::Instant::now();
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(ttl / 3) => {}
+            _ = held.cancelled() => return,
+        }
+        match store.acquire_lease(&lease, ttl, None).await {
+            Ok(true) => renewed = tokio::time::Instant::now(),
+            Ok(false) => break,
+            Err(e) => {
+                tracing::warn!(lease, error = %e, "cannot renew a mailbox lease");
+                if renewed.elapsed() >= ttl * 2 / 3 {
+                    break;
+                }
+            }
+        }
+    }
+    held.cancel();
+}
+
 /// One watched mailbox.
 pub struct MailboxTask {
     /// The channel's name (`[channels.imap.<name>]`).
@@ -254,8 +279,52 @@ impl MailboxTask {
     }
 
     /// Runs until `shutdown` fires (or the channel or mailbox is removed
-    /// from the configuration).
+    /// from the configuration). With a shared store, the mailbox is polled
+    /// only while this instance holds its lease.
     pub async fn run(self, shutdown: CancellationToken) {
+        if self.store.shared().is_none() {
+            return self.poll(&shutdown).await;
+        }
+        let lease = crate::store::lease::mailbox(&self.channel_id(), &self.mailbox);
+        loop {
+            let ttl = self.settings.load().cluster.lease_ttl;
+            let held = match self.store.acquire_lease(&lease, ttl, None).await {
+                Ok(held) => held,
+                Err(e) => {
+                    tracing::warn!(lease, error = %e, "cannot reach the store to take a mailbox lease");
+                    false
+                }
+            };
+            if !held {
+                tokio::select! {
+                    _ = tokio::time::sleep(ttl / 3) => continue,
+                    _ = shutdown.cancelled() => return,
+                }
+            }
+            tracing::info!(lease, "this instance polls the mailbox");
+            let held = shutdown.child_token();
+            let renewal = tokio::spawn(keep_lease(
+                self.store.clone(),
+                lease.clone(),
+                ttl,
+                held.clone(),
+            ));
+            self.poll(&held).await;
+            held.cancel();
+            let _ = renewal.await;
+            if shutdown.is_cancelled() {
+                // Handed over at once: another instance need not wait out the TTL.
+                let _ = self.store.release_lease(&lease).await;
+                return;
+            }
+            tracing::warn!(
+                lease,
+                "lost the mailbox lease; another instance polls it now"
+            );
+        }
+    }
+
+    async fn poll(&self, shutdown: &CancellationToken) {
         let channel = self.channel_id();
         let mut failures = 0u32;
         loop {
@@ -267,7 +336,7 @@ impl MailboxTask {
                 tracing::info!(channel, mailbox = %self.mailbox, "mailbox removed from the configuration; task stops");
                 return;
             }
-            match self.session(&cfg, &shutdown, &mut failures).await {
+            match self.session(&cfg, shutdown, &mut failures).await {
                 Ok(()) => {
                     health::update(&channel, &self.mailbox, |h| h.connected = false);
                     return;

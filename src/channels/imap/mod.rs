@@ -352,15 +352,24 @@ impl ImapChannel {
         if !references.is_empty() {
             builder = builder.references(references.join(" "));
         }
+        // UTF-8 throughout (`charset=utf-8`); lettre picks the transfer
+        // encoding. With an HTML variant of the template the mail is
+        // multipart/alternative, plain text first; without, plain text.
         let text = SinglePart::builder()
             .header(ContentType::TEXT_PLAIN)
             .body(out.text.clone());
-        let html = SinglePart::builder()
-            .header(ContentType::TEXT_HTML)
-            .body(text_to_html(&out.text));
-        let mut message = builder
-            .multipart(MultiPart::alternative().singlepart(text).singlepart(html))
-            .map_err(|e| DeliveryError::Permanent(format!("cannot build the mail: {e}")))?;
+        let built = match &out.html {
+            Some(html) => builder.multipart(
+                MultiPart::alternative().singlepart(text).singlepart(
+                    SinglePart::builder()
+                        .header(ContentType::TEXT_HTML)
+                        .body(html.clone()),
+                ),
+            ),
+            None => builder.singlepart(text),
+        };
+        let mut message =
+            built.map_err(|e| DeliveryError::Permanent(format!("cannot build the mail: {e}")))?;
         let headers = message.headers_mut();
         let raw = |name: &'static str, value: String| {
             HeaderValue::new(HeaderName::new_from_ascii_str(name), value)
@@ -370,23 +379,6 @@ impl ImapChannel {
         headers.insert_raw(raw("X-Auto-Response-Suppress", "All".into()));
         Ok(message)
     }
-}
-
-/// The HTML alternative of a plain-text acknowledgement.
-fn text_to_html(text: &str) -> String {
-    let escaped = text
-        .replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;");
-    let paragraphs: Vec<String> = escaped
-        .split("\n\n")
-        .map(|p| format!("<p>{}</p>", p.replace('\n', "<br>\n")))
-        .collect();
-    format!(
-        "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"></head><body>\n{}\n</body></html>\n",
-        paragraphs.join("\n")
-    )
 }
 
 impl ChannelAdapter for ImapChannel {
@@ -405,6 +397,10 @@ impl ChannelAdapter for ImapChannel {
 
     fn can_reply(&self) -> bool {
         self.smtp.is_some()
+    }
+
+    fn sends_html(&self) -> bool {
+        true
     }
 
     fn deliver<'a>(&'a self, _http: &'a reqwest::Client, out: &'a Outbound) -> DeliveryFuture<'a> {
@@ -463,9 +459,46 @@ mod tests {
         assert_eq!(c.after, After::Move("Done".into()));
     }
 
+    fn ack(html: Option<&str>) -> String {
+        let smtp: crate::channels::smtp::SmtpConfig = toml::from_str(
+            "host = \"127.0.0.1\"\ntls = \"none\"\nfrom = \"Support <support@example.com>\"\n",
+        )
+        .unwrap();
+        let smtp = Arc::new(SmtpSender::from_config(&smtp, Path::new(".")).unwrap());
+        let c = ImapChannel::from_config("support", &config(), Some(smtp.clone()), Path::new("."))
+            .unwrap();
+        let out = Outbound {
+            delivery_id: 7,
+            inquiry: "INQ-7K3F9Q".into(),
+            in_reply_to: String::new(),
+            text: "Grüße, Ada".into(),
+            html: html.map(str::to_owned),
+            reply_context: serde_json::json!({ "to": "ada@customer.test", "subject": "Hi" }),
+        };
+        let mail = c.ack_message(&smtp, &out).unwrap().formatted();
+        String::from_utf8(mail).unwrap()
+    }
+
     #[test]
-    fn html_alternative_escapes() {
-        let h = text_to_html("a < b & c\n\nnext");
-        assert!(h.contains("<p>a &lt; b &amp; c</p>") && h.contains("<p>next</p>"));
+    fn ack_is_multipart_alternative_only_with_an_html_variant() {
+        let both = ack(Some("<p>Gr&uuml;&szlig;e, Ada</p>"));
+        assert!(
+            both.contains("Content-Type: multipart/alternative"),
+            "{both}"
+        );
+        let plain_at = both
+            .find("Content-Type: text/plain; charset=utf-8")
+            .unwrap();
+        let html_at = both.find("Content-Type: text/html; charset=utf-8").unwrap();
+        assert!(plain_at < html_at, "plain text comes first: {both}");
+        assert!(both.contains("Auto-Submitted: auto-replied"), "{both}");
+
+        let plain = ack(None);
+        assert!(!plain.contains("multipart"), "{plain}");
+        assert!(!plain.contains("text/html"), "{plain}");
+        assert!(
+            plain.contains("Content-Type: text/plain; charset=utf-8"),
+            "{plain}"
+        );
     }
 }
