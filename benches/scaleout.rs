@@ -613,6 +613,15 @@ fn bench(knobs: Knobs) -> anyhow::Result<()> {
     let mut all_ok = true;
     println!();
     for t in &mut rig.targets {
+        // Which instance holds the routing-leader lease (`acquired_at`:
+        // its last takeover, in ms since the epoch).
+        if let Store::Postgres(url) = &t.store {
+            let holder = psql(
+                url,
+                "SELECT holder || ' (since ' || acquired_at || ')' FROM leases WHERE name = 'router'",
+            )?;
+            println!("routing leader of {}: {}", t.name, holder.trim());
+        }
         let mut stops = Vec::new();
         for i in &mut t.instances {
             stops.push(i.guard.terminate(Duration::from_secs(20)));
