@@ -132,6 +132,10 @@ pub struct StoreConfig {
     /// entry after this.
     #[serde(with = "humantime_serde")]
     pub claim_lease: Duration,
+    /// PostgreSQL: longest wait between reconnect attempts of the writer
+    /// after the database went away (attempts start at 50 ms and double).
+    #[serde(with = "humantime_serde")]
+    pub reconnect_max_backoff: Duration,
 }
 
 impl Default for StoreConfig {
@@ -145,6 +149,7 @@ impl Default for StoreConfig {
             statement_timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(5),
             claim_lease: Duration::from_secs(60),
+            reconnect_max_backoff: Duration::from_secs(2),
         }
     }
 }

@@ -327,6 +327,7 @@ impl Store {
             instance: instance.clone(),
             statement_timeout: config.statement_timeout,
             claim_lease: config.claim_lease,
+            max_backoff: config.reconnect_max_backoff,
         };
         let handle = writer::spawn_postgres(
             target,

@@ -23,6 +23,8 @@ pub(super) struct PgTarget {
     pub statement_timeout: Duration,
     /// How long a claimed outbox entry stays with this instance.
     pub claim_lease: Duration,
+    /// Longest wait between reconnect attempts.
+    pub max_backoff: Duration,
 }
 
 pub(super) struct Writer {
@@ -33,8 +35,6 @@ pub(super) struct Writer {
     retry_at: Option<Instant>,
     backoff: Duration,
 }
-
-const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
 impl Writer {
     pub fn new(target: PgTarget) -> Writer {
@@ -71,7 +71,7 @@ impl Writer {
                 }
                 Err(e) => {
                     self.retry_at = Some(Instant::now() + self.backoff);
-                    self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+                    self.backoff = (self.backoff * 2).min(self.target.max_backoff);
                     return Err(e);
                 }
             }
