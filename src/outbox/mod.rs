@@ -134,7 +134,10 @@ impl Dispatcher {
             }
             let ahead = config.concurrency * CLAIM_AHEAD;
             if claiming.is_none() && maybe_more && queued.len() < ahead / 2 {
-                let want = ahead.saturating_sub(sending.count() + queued.len());
+                // Counting deliveries whose record is still on its way to
+                // the store (they are in `in_flight` until recorded) bounds
+                // what a crash can send twice: at most `ahead` entries.
+                let want = ahead.saturating_sub(in_flight.len() + queued.len());
                 if want > 0 {
                     // A wake-up during the claim sets this again.
                     maybe_more = false;
