@@ -112,28 +112,8 @@ impl Store {
         rows.iter()
             .map(|r| {
                 let id: i64 = r.try_get(0)?;
-                let bad = |what: &str| StoreError::Corrupt(format!("inquiry {id}: {what}"));
                 let reopened = r.try_get::<Option<String>, _>(7)?.is_some();
-                let work = NewWork {
-                    id,
-                    medium: r
-                        .try_get::<String, _>(1)?
-                        .parse()
-                        .map_err(|_| bad("medium"))?,
-                    urgency: r
-                        .try_get::<String, _>(2)?
-                        .parse()
-                        .map_err(|_| bad("urgency"))?,
-                    customer_key: r.try_get(3)?,
-                    requirements: match r.try_get::<Option<String>, _>(4)? {
-                        Some(text) => {
-                            serde_json::from_str(&text).map_err(|_| bad("requirements"))?
-                        }
-                        None => Default::default(),
-                    },
-                    sla_due: r.try_get(5)?,
-                    waiting_since: r.try_get(6)?,
-                };
+                let work = super::routing::new_work(id, r, 1)?;
                 Ok((work, reopened))
             })
             .collect()

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use futures_util::TryStreamExt;
 use sqlx::Row;
+use sqlx::any::AnyRow;
 
 use super::StoreError;
 use super::sql::Conn;
@@ -116,6 +117,34 @@ pub(super) fn write<C: Conn>(tx: &mut C, effects: &[Effect], now: i64) -> Result
     Ok(notified)
 }
 
+/// The routing columns `medium, urgency, customer_key, requirements,
+/// sla_due_at, waiting_since` of inquiry `id`, read from `row` starting at
+/// column `at`: one reading for the snapshot, a reopened inquiry and the
+/// routing inbox.
+pub(super) fn new_work(id: i64, row: &AnyRow, at: usize) -> Result<NewWork, StoreError> {
+    let bad = |what: &str| StoreError::Corrupt(format!("inquiry {id}: {what}"));
+    Ok(NewWork {
+        id,
+        medium: row
+            .try_get::<String, _>(at)?
+            .parse::<Medium>()
+            .map_err(|_| bad("medium"))?,
+        urgency: row
+            .try_get::<String, _>(at + 1)?
+            .parse::<Urgency>()
+            .map_err(|_| bad("urgency"))?,
+        customer_key: row.try_get(at + 2)?,
+        requirements: match row.try_get::<Option<String>, _>(at + 3)? {
+            Some(text) => {
+                serde_json::from_str::<Requirements>(&text).map_err(|_| bad("requirements"))?
+            }
+            None => Requirements::default(),
+        },
+        sla_due: row.try_get(at + 4)?,
+        waiting_since: row.try_get(at + 5)?,
+    })
+}
+
 /// One open inquiry, as [`snapshot`] restores it (without an open offer:
 /// a reopened inquiry has none until the router makes one).
 pub(super) async fn restored(
@@ -134,23 +163,9 @@ pub(super) async fn restored(
         return Ok(None);
     };
     let bad = |what: &str| StoreError::Corrupt(format!("inquiry {id}: {what}"));
-    let medium: Medium = r.get::<String, _>(0).parse().map_err(|_| bad("medium"))?;
-    let urgency: Urgency = r.get::<String, _>(1).parse().map_err(|_| bad("urgency"))?;
     let status: Status = r.get::<String, _>(6).parse().map_err(|_| bad("status"))?;
-    let requirements: Requirements = match r.get::<Option<String>, _>(3) {
-        Some(text) => serde_json::from_str(&text).map_err(|_| bad("requirements"))?,
-        None => Requirements::default(),
-    };
     let mut work = RestoredWork {
-        work: NewWork {
-            id,
-            medium,
-            urgency,
-            customer_key: r.get(2),
-            requirements,
-            sla_due: r.get(4),
-            waiting_since: r.get(5),
-        },
+        work: new_work(id, &r, 0)?,
         status,
         assignee: r.get(7),
         open_offer: None,
@@ -196,24 +211,10 @@ pub(super) async fn snapshot(
     while let Some(r) = rows.try_next().await? {
         let id: i64 = r.get(0);
         let bad = |what: &str| StoreError::Corrupt(format!("inquiry {id}: {what}"));
-        let medium: Medium = r.get::<String, _>(2).parse().map_err(|_| bad("medium"))?;
-        let urgency: Urgency = r.get::<String, _>(3).parse().map_err(|_| bad("urgency"))?;
         let status: Status = r.get::<String, _>(8).parse().map_err(|_| bad("status"))?;
-        let requirements: Requirements = match r.get::<Option<String>, _>(5) {
-            Some(text) => serde_json::from_str(&text).map_err(|_| bad("requirements"))?,
-            None => Requirements::default(),
-        };
         let offer_id: Option<i64> = r.get(12);
         snapshot.add(RestoredWork {
-            work: NewWork {
-                id,
-                medium,
-                urgency,
-                customer_key: r.get(4),
-                requirements,
-                sla_due: r.get(6),
-                waiting_since: r.get(7),
-            },
+            work: new_work(id, &r, 2)?,
             status,
             assignee: r.get(9),
             open_offer: offer_id.map(|o| (o, r.get(13), r.get(14))),
