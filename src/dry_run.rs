@@ -136,7 +136,7 @@ impl DryRun {
             },
             "associate": self.associate(),
             "explanation": {
-                "rules": self.classified.trace["rules"],
+                "rules": self.classified.trace_json()["rules"],
                 "routing": self.decision.explanation,
             },
         })
@@ -164,11 +164,8 @@ impl DryRun {
             }
         }
         let _ = writeln!(out, "\nrules matched:");
-        for m in self.classified.trace["rules"]
-            .as_array()
-            .into_iter()
-            .flatten()
-        {
+        let trace = self.classified.trace_json();
+        for m in trace["rules"].as_array().into_iter().flatten() {
             let because: Vec<String> = m["because"]
                 .as_array()
                 .into_iter()

@@ -9,6 +9,9 @@ use switchboard::config::Settings;
 use switchboard::{dry_run, rule_fixtures};
 use tracing_subscriber::EnvFilter;
 
+#[global_allocator]
+static ALLOCATOR: switchboard::alloc::Allocator = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 
 use crate::config::Settings;
-use crate::inquiry::NewMessage;
+use crate::inquiry::{NewMessage, Urgency};
 use crate::routing::{NewWork, Requirements, Router};
 use crate::rules::Facts;
 use crate::store::{
@@ -203,18 +203,21 @@ pub fn classify(settings: &Settings, message: &NewMessage) -> (AckPlan, Classifi
             .resolve_language(&template, message.language.as_deref());
         AckPlan::Send { template, language }
     };
-    let trace = serde_json::json!({
-        "rules": verdict.trace,
-        "urgency": verdict.urgency,
-        "skills": verdict.skills,
-        "language": verdict.language,
-        "queue": verdict.queue,
-        "tags": verdict.tags,
-        "sla": verdict.sla.map(|d| humantime::format_duration(d).to_string()),
-        "ack_template": verdict.ack_template,
-        "suppress_ack": verdict.suppress_ack,
-        "relaxation_ladder": verdict.relaxation_ladder,
-    });
+    let trace = serde_json::to_string(&Trace {
+        rules: &verdict.trace,
+        urgency: verdict.urgency,
+        skills: &verdict.skills,
+        language: verdict.language.as_deref(),
+        queue: verdict.queue.as_deref(),
+        tags: &verdict.tags,
+        sla: verdict
+            .sla
+            .map(|d| humantime::format_duration(d).to_string()),
+        ack_template: verdict.ack_template.as_deref(),
+        suppress_ack: verdict.suppress_ack.as_deref(),
+        relaxation_ladder: &verdict.relaxation_ladder,
+    })
+    .unwrap_or_default();
     let classified = Classified {
         urgency: verdict.urgency,
         requirements: Requirements {
@@ -236,6 +239,21 @@ pub fn classify(settings: &Settings, message: &NewMessage) -> (AckPlan, Classifi
         trace,
     };
     (ack, classified)
+}
+
+/// The `classified` event: what the rules decided and why.
+#[derive(serde::Serialize)]
+struct Trace<'a> {
+    rules: &'a [crate::rules::RuleMatch],
+    urgency: Urgency,
+    skills: &'a std::collections::BTreeMap<String, u8>,
+    language: Option<&'a str>,
+    queue: Option<&'a str>,
+    tags: &'a [String],
+    sla: Option<String>,
+    ack_template: Option<&'a str>,
+    suppress_ack: Option<&'a str>,
+    relaxation_ladder: &'a str,
 }
 
 /// Tags the sender attached to the customer (`metadata.customer_tags`,

@@ -772,7 +772,7 @@ mod tests {
                 urgency: Urgency::High,
                 requirements: Default::default(),
                 sla_due_at: None,
-                trace: serde_json::Value::Null,
+                trace: String::new(),
             },
             decision: Decision {
                 winner: winner.map(str::to_owned),

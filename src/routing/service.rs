@@ -27,6 +27,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::engine::{Effect, Engine, NewWork, RestoredWork, RoutingError};
 use super::{Presence, Roster, RoutingConfig};
+use crate::store::lease::{self, Held};
 use crate::store::{Store, StoreError};
 
 /// Who is asking: ops (the ops token) or one associate (their token).
@@ -307,12 +308,10 @@ struct Setup {
 }
 
 /// The shared-store part of a leader's loop.
-struct Lease<'a> {
-    leadership: &'a Leadership,
+struct Lease {
+    held: Held,
     renew: tokio::time::Interval,
     inbox: tokio::time::Interval,
-    /// Last successful renewal: past `lease_ttl` the lease may be another's.
-    renewed: tokio::time::Instant,
 }
 
 /// Why a leader's loop ended.
@@ -339,7 +338,7 @@ async fn run_cluster(
         // Follower: refuse routing commands, keep asking for the lease.
         let mut attempt = tokio::time::interval(retry);
         attempt.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
+        let held = loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 cmd = rx.recv() => match cmd {
@@ -351,10 +350,10 @@ async fn run_cluster(
                     None => return,
                 },
                 _ = attempt.tick() => {
-                    match store.acquire_lease(crate::store::lease::ROUTER, leadership.lease_ttl, Some(&url)).await {
-                        Ok(true) => break,
-                        Ok(false) => {
-                            let holder = store.lease_holder(crate::store::lease::ROUTER).await.ok().flatten();
+                    match Held::take(&store, lease::ROUTER, leadership.lease_ttl, Some(&url)).await {
+                        Ok(Some(held)) => break held,
+                        Ok(None) => {
+                            let holder = store.lease_holder(lease::ROUTER).await.ok().flatten();
                             state.set(false, holder.and_then(|h| h.url));
                         }
                         Err(e) => tracing::warn!(error = %e, "cannot reach the store to take the routing lease"),
@@ -364,13 +363,12 @@ async fn run_cluster(
                     }
                 }
             }
-        }
-        let renewed = tokio::time::Instant::now();
+        };
         let snapshot = match store.routing_snapshot(setup.config.sticky_window).await {
             Ok(s) => s,
             Err(e) => {
                 tracing::error!(error = %e, "cannot load routing state; giving the lease up");
-                let _ = store.release_lease(crate::store::lease::ROUTER).await;
+                let _ = store.release_lease(lease::ROUTER).await;
                 continue;
             }
         };
@@ -388,10 +386,9 @@ async fn run_cluster(
             let _ = first.send(());
         }
         let mut lease = Lease {
-            leadership: &leadership,
-            renew: tokio::time::interval(retry),
+            renew: tokio::time::interval(held.period()),
+            held,
             inbox: tokio::time::interval(leadership.inbox_interval),
-            renewed,
         };
         let ended = lead(&mut engine, &store, &mut rx, &shutdown, Some(&mut lease)).await;
         setup.roster = engine.roster().clone();
@@ -401,7 +398,7 @@ async fn run_cluster(
         match ended {
             Ended::Shutdown => {
                 // A clean stop hands over at once instead of after the TTL.
-                let _ = store.release_lease(crate::store::lease::ROUTER).await;
+                let _ = store.release_lease(lease::ROUTER).await;
                 return;
             }
             Ended::SteppedDown => {
@@ -418,7 +415,7 @@ async fn lead(
     store: &Arc<Store>,
     rx: &mut mpsc::UnboundedReceiver<Command>,
     shutdown: &CancellationToken,
-    mut lease: Option<&mut Lease<'_>>,
+    mut lease: Option<&mut Lease>,
 ) -> Ended {
     let mut rescan = tokio::time::interval(engine.config().rescan_interval);
     rescan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -452,7 +449,7 @@ async fn lead(
             _ = rescan.tick() => do_rescan = true,
             _ = renew.tick(), if shared => {
                 let l = lease.as_deref_mut().expect("shared");
-                if !renew_lease(store, l).await {
+                if !l.held.renew(store).await {
                     return Ended::SteppedDown;
                 }
                 continue;
@@ -604,31 +601,6 @@ async fn lead(
             catching_up = false;
             crate::alloc::release_free_memory();
             tracing::debug!("router caught up with the restored backlog");
-        }
-    }
-}
-
-/// Renews the leader's lease. A failed renewal is tolerated until the
-/// lease could have expired; then the leader steps down.
-async fn renew_lease(store: &Store, lease: &mut Lease<'_>) -> bool {
-    let l = lease.leadership;
-    match store
-        .acquire_lease(
-            crate::store::lease::ROUTER,
-            l.lease_ttl,
-            Some(&l.advertise_url),
-        )
-        .await
-    {
-        Ok(true) => {
-            lease.renewed = tokio::time::Instant::now();
-            true
-        }
-        Ok(false) => false,
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot renew the routing lease");
-            // Stop before the lease can have run out: a successor may take it then.
-            lease.renewed.elapsed() < l.lease_ttl * 2 / 3
         }
     }
 }

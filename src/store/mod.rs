@@ -122,8 +122,17 @@ pub struct Classified {
     pub urgency: Urgency,
     pub requirements: crate::routing::Requirements,
     pub sla_due_at: Option<DateTime<Utc>>,
-    /// The rules' trace, recorded as the `classified` event.
-    pub trace: serde_json::Value,
+    /// The rules' trace as JSON, recorded as the `classified` event (empty:
+    /// none). Serialized once where the rules ran, because the writer
+    /// thread that stores it is the one serial step of intake.
+    pub trace: String,
+}
+
+impl Classified {
+    /// The trace parsed back, for callers that read into it (`switchboard route`).
+    pub fn trace_json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.trace).unwrap_or(serde_json::Value::Null)
+    }
 }
 
 /// Mail taken from one IMAP mailbox, committed in one transaction with the

@@ -1033,9 +1033,9 @@ impl<'a> Plan<'a> {
     /// entry) of a newly opened inquiry.
     fn open(&mut self, id: i64, intake: &'a Intake) {
         let m = &intake.message;
-        if !intake.classification.trace.is_null() {
+        if !intake.classification.trace.is_empty() {
             self.events
-                .push((id, "classified", intake.classification.trace.to_string()));
+                .push((id, "classified", intake.classification.trace.clone()));
         }
         match &intake.ack {
             AckPlan::Send { template, language } => {

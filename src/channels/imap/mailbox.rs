@@ -30,6 +30,7 @@ use crate::channels::smtp::TlsMode;
 use crate::config::Settings;
 use crate::inquiry::NewMessage;
 use crate::pipeline::Pipeline;
+use crate::store::lease::Held;
 use crate::store::{MailCheckpoint, Quarantined, Store, StoreError};
 
 /// Most bytes fetched in one batch (besides a single larger message).
@@ -233,26 +234,18 @@ pub fn reconnect_delay(failures: u32, max: Duration) -> Duration {
     half + half.mul_f64(fastrand::f64())
 }
 
-/// Renews a mailbox lease every third of its TTL; cancels `held` when it
-/// is lost (or cannot be renewed before it could expire), which ends the
-/// mailbox session. A batch committing at that moment is refused by the
-/// store's fence, so a successor never sees mail imported twice.
-async fn keep_lease(store: Arc<Store>, lease: String, ttl: Duration, held: CancellationToken) {
-    let mut renewed = tokio::time::Instant::now();
+/// Renews a mailbox lease until `held` is cancelled; cancels `held` when
+/// the lease is lost, which ends the mailbox session. A batch committing
+/// at that moment is refused by the store's fence, so a successor never
+/// sees mail imported twice.
+async fn keep_lease(store: Arc<Store>, mut lease: Held, held: CancellationToken) {
     loop {
         tokio::select! {
-            _ = tokio::time::sleep(ttl / 3) => {}
+            _ = tokio::time::sleep(lease.period()) => {}
             _ = held.cancelled() => return,
         }
-        match store.acquire_lease(&lease, ttl, None).await {
-            Ok(true) => renewed = tokio::time::Instant::now(),
-            Ok(false) => break,
-            Err(e) => {
-                tracing::warn!(lease, error = %e, "cannot renew a mailbox lease");
-                if renewed.elapsed() >= ttl * 2 / 3 {
-                    break;
-                }
-            }
+        if !lease.renew(&store).await {
+            break;
         }
     }
     held.cancel();
@@ -288,27 +281,22 @@ impl MailboxTask {
         let lease = crate::store::lease::mailbox(&self.channel_id(), &self.mailbox);
         loop {
             let ttl = self.settings.load().cluster.lease_ttl;
-            let held = match self.store.acquire_lease(&lease, ttl, None).await {
-                Ok(held) => held,
+            let taken = match Held::take(&self.store, &lease, ttl, None).await {
+                Ok(taken) => taken,
                 Err(e) => {
                     tracing::warn!(lease, error = %e, "cannot reach the store to take a mailbox lease");
-                    false
+                    None
                 }
             };
-            if !held {
+            let Some(taken) = taken else {
                 tokio::select! {
                     _ = tokio::time::sleep(ttl / 3) => continue,
                     _ = shutdown.cancelled() => return,
                 }
-            }
+            };
             tracing::info!(lease, "this instance polls the mailbox");
             let held = shutdown.child_token();
-            let renewal = tokio::spawn(keep_lease(
-                self.store.clone(),
-                lease.clone(),
-                ttl,
-                held.clone(),
-            ));
+            let renewal = tokio::spawn(keep_lease(self.store.clone(), taken, held.clone()));
             self.poll(&held).await;
             held.cancel();
             let _ = renewal.await;
