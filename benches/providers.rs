@@ -27,28 +27,29 @@
 //! `PROVIDERS_SETTLE_SECS` (60), `PROVIDERS_MIX` (`twilio,slack,whatsapp,telegram`:
 //! which providers the mixed target cycles through).
 
-use std::collections::BTreeMap;
+mod support;
+
 use std::net::{SocketAddr, TcpListener as StdTcpListener};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::str::FromStr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::{Context, bail};
 use axum::body::Bytes;
 use axum::http::StatusCode;
-use http_body_util::{BodyExt, Empty, Full};
+use http_body_util::Full;
 use hyper::Request;
-use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HOST, HeaderValue};
-use hyper_util::rt::TokioIo;
+use hyper::header::{CONTENT_TYPE, HOST, HeaderValue};
 use switchboard::channels::signature::hmac_sha256_hex;
 use switchboard::channels::{slack, twilio};
-use tokio::net::TcpStream;
 
-const OPS_TOKEN: &str = "bench-ops-token";
-const GENERIC_SECRET: &str = "bench-webhook-secret";
+use support::{
+    OPS_TOKEN, Requests, cpu_seconds, http_get, percentile_ms, run_load_with, settle, spawn_daemon,
+    wait_ready,
+};
+
+const GENERIC_SECRET: &str = support::SECRET;
 const TWILIO_SID: &str = "AC00000000000000000000000000000000";
 const TWILIO_TOKEN: &str = "bench-twilio-token";
 const TWILIO_PUBLIC: &str = "https://bench.example.com";
@@ -64,22 +65,11 @@ fn main() -> anyhow::Result<()> {
     let port = StdTcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
     let config = write_config(dir.path(), port, sink_port)?;
     let log = dir.path().join("daemon.log");
-    let mut daemon = Daemon(
-        Command::new(env!("CARGO_BIN_EXE_switchboard"))
-            .arg("run")
-            .arg("--config")
-            .arg(&config)
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log)?)
-            .spawn()
-            .context("cannot start the switchboard binary")?,
-    );
+    let mut daemon = spawn_daemon(&config, &log)?;
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    let daemon_pid = daemon.0.id().to_string();
+    let daemon_pid = daemon.id().to_string();
     let runtime = tokio::runtime::Runtime::new()?;
-    runtime.block_on(wait_ready(addr, &mut daemon.0))?;
+    runtime.block_on(wait_ready(addr, &mut daemon, Some(&log)))?;
 
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     println!(
@@ -109,12 +99,13 @@ fn main() -> anyhow::Result<()> {
         };
         let mut pair = [None, None];
         for target in order {
-            let (waited, drained) = runtime.block_on(settle(addr, knobs.settle))?;
+            let (waited, _, drained) = runtime.block_on(settle(addr, knobs.settle))?;
             if !drained {
                 println!("  (outbox NOT drained after {:.1} s)", waited.as_secs_f64());
             }
             let acks_before = sink_count.load(Ordering::Relaxed);
-            let cpu_before = (cpu_seconds(&daemon_pid), cpu_seconds("self"));
+            let cpu = |pid: &str| cpu_seconds(pid).unwrap_or(f64::NAN);
+            let cpu_before = (cpu(&daemon_pid), cpu("self"));
             let (mut stats, wall) = runtime.block_on(load(
                 addr,
                 &knobs,
@@ -122,7 +113,7 @@ fn main() -> anyhow::Result<()> {
                 knobs.duration,
                 &format!("{run}r{round}"),
             ));
-            let cpu_after = (cpu_seconds(&daemon_pid), cpu_seconds("self"));
+            let cpu_after = (cpu(&daemon_pid), cpu("self"));
             accepted += stats.latencies_us.len() as u64;
             stats.latencies_us.sort_unstable();
             let m = Measurement {
@@ -156,7 +147,7 @@ fn main() -> anyhow::Result<()> {
     }
     summary(&results);
 
-    let (waited, drained) = runtime.block_on(settle(addr, knobs.settle))?;
+    let (waited, _, drained) = runtime.block_on(settle(addr, knobs.settle))?;
     println!(
         "outbox after the run: {} in {:.1} s; acknowledgements received by the sink: {}",
         if drained { "drained" } else { "NOT drained" },
@@ -288,16 +279,6 @@ fn summary(results: &[(Measurement, Measurement)]) {
     );
 }
 
-/// Kills the daemon when the bench ends, also on a panic.
-struct Daemon(Child);
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn write_config(dir: &Path, port: u16, sink: u16) -> anyhow::Result<std::path::PathBuf> {
     let templates = dir.join("templates");
     std::fs::create_dir_all(&templates)?;
@@ -381,66 +362,6 @@ fn start_sink() -> anyhow::Result<(u16, Arc<AtomicU64>)> {
         });
     });
     Ok((port, count))
-}
-
-async fn http_get(
-    addr: SocketAddr,
-    path: &str,
-    bearer: Option<&str>,
-) -> anyhow::Result<(StatusCode, String)> {
-    let stream = TcpStream::connect(addr).await?;
-    let (mut sender, connection) =
-        hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-    let driver = tokio::spawn(connection);
-    let mut request = Request::get(path).header(HOST, addr.to_string());
-    if let Some(token) = bearer {
-        request = request.header(AUTHORIZATION, format!("Bearer {token}"));
-    }
-    let response = sender
-        .send_request(request.body(Empty::<Bytes>::new())?)
-        .await?;
-    let status = response.status();
-    let body = response.into_body().collect().await?.to_bytes();
-    driver.abort();
-    Ok((status, String::from_utf8_lossy(&body).into_owned()))
-}
-
-async fn wait_ready(addr: SocketAddr, child: &mut Child) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Some(status) = child.try_wait()? {
-            bail!("the daemon exited before it was ready ({status})");
-        }
-        if let Ok((StatusCode::OK, _)) = http_get(addr, "/readyz", None).await {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            bail!("the daemon was not ready within 30 s");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// Waits until no acknowledgement is pending, so leftover delivery does not
-/// run during the next measurement.
-async fn settle(addr: SocketAddr, limit: Duration) -> anyhow::Result<(Duration, bool)> {
-    let start = Instant::now();
-    loop {
-        let (_, text) = http_get(addr, "/metrics", None).await?;
-        let pending = text
-            .lines()
-            .filter_map(|l| l.rsplit_once(' '))
-            .find(|(k, _)| *k == "switchboard_outbox_entries{status=\"pending\"}")
-            .and_then(|(_, v)| v.parse::<f64>().ok())
-            .unwrap_or(0.0);
-        if pending == 0.0 {
-            return Ok((start.elapsed(), true));
-        }
-        if start.elapsed() > limit {
-            return Ok((start.elapsed(), false));
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 /// Builds one signed request of the given kind. `unique` makes the
@@ -561,98 +482,27 @@ fn build(host: &HeaderValue, kind: usize, prefix: &str, unique: u64) -> Request<
         .expect("static request parts are valid")
 }
 
-#[derive(Default)]
-struct Stats {
-    latencies_us: Vec<u32>,
-    statuses: BTreeMap<u16, u64>,
-    transport_errors: u64,
-}
-
-impl Stats {
-    fn merge(&mut self, other: Stats) {
-        self.latencies_us.extend(other.latencies_us);
-        for (s, n) in other.statuses {
-            *self.statuses.entry(s).or_default() += n;
-        }
-        self.transport_errors += other.transport_errors;
-    }
-
-    fn describe_errors(&self) -> String {
-        let mut parts: Vec<String> = self
-            .statuses
-            .iter()
-            .map(|(s, n)| format!("{n}×{s}"))
-            .collect();
-        if self.transport_errors > 0 {
-            parts.push(format!("{}×transport", self.transport_errors));
-        }
-        if parts.is_empty() {
-            "0".into()
-        } else {
-            parts.join(", ")
-        }
-    }
+/// The requests of one target: every connection cycles through `kinds`
+/// (4 is the generic webhook), starting at its own offset.
+struct Mix {
+    kinds: Vec<usize>,
+    prefix: String,
 }
 
 /// Unique numbers across connections and rounds of one run.
 static NEXT: AtomicU64 = AtomicU64::new(1);
 
-async fn connection(
-    addr: SocketAddr,
-    mix: Arc<[usize]>,
-    target: Target,
-    offset: usize,
-    prefix: Arc<str>,
-    deadline: Instant,
-) -> Stats {
-    let host = HeaderValue::from_str(&addr.to_string()).expect("an address is a header value");
-    let mut stats = Stats::default();
-    let mut turn = offset;
-    while Instant::now() < deadline {
-        let Ok(stream) = TcpStream::connect(addr).await else {
-            stats.transport_errors += 1;
-            tokio::time::sleep(Duration::from_millis(10)).await;
-            continue;
-        };
-        let _ = stream.set_nodelay(true);
-        let Ok((mut sender, conn)) =
-            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await
-        else {
-            stats.transport_errors += 1;
-            continue;
-        };
-        let driver = tokio::spawn(conn);
-        while Instant::now() < deadline {
-            let kind = match target {
-                Target::Generic => 4,
-                Target::Mixed => mix[turn % mix.len()],
-            };
-            turn += 1;
-            let unique = NEXT.fetch_add(1, Ordering::Relaxed);
-            let request = build(&host, kind, &prefix, unique);
-            let start = Instant::now();
-            let answer = match sender.send_request(request).await {
-                Ok(response) => {
-                    let status = response.status();
-                    response.into_body().collect().await.map(|_| status)
-                }
-                Err(e) => Err(e),
-            };
-            let elapsed = start.elapsed();
-            match answer {
-                Ok(status) if status.is_success() => stats
-                    .latencies_us
-                    .push(u32::try_from(elapsed.as_micros()).unwrap_or(u32::MAX)),
-                Ok(status) => *stats.statuses.entry(status.as_u16()).or_default() += 1,
-                Err(_) => {
-                    stats.transport_errors += 1;
-                    break;
-                }
-            }
-        }
-        driver.abort();
+impl Requests for Mix {
+    fn build(&self, host: &HeaderValue, connection: usize, seq: u64) -> Request<Full<Bytes>> {
+        let kind = self.kinds[(connection + seq as usize) % self.kinds.len()];
+        let unique = NEXT.fetch_add(1, Ordering::Relaxed);
+        build(host, kind, &self.prefix, unique)
     }
-    stats
+
+    /// Providers answer 200 (TwiML, JSON), the generic webhook 202.
+    fn accepted(&self, status: StatusCode) -> bool {
+        status.is_success()
+    }
 }
 
 async fn load(
@@ -661,47 +511,14 @@ async fn load(
     target: Target,
     duration: Duration,
     prefix: &str,
-) -> (Stats, Duration) {
-    let prefix: Arc<str> = prefix.into();
-    let start = Instant::now();
-    let deadline = start + duration;
-    let mix: Arc<[usize]> = knobs.mix.clone().into();
-    let tasks: Vec<_> = (0..knobs.connections)
-        .map(|c| {
-            tokio::spawn(connection(
-                addr,
-                mix.clone(),
-                target,
-                c,
-                prefix.clone(),
-                deadline,
-            ))
-        })
-        .collect();
-    let mut total = Stats::default();
-    for t in tasks {
-        total.merge(t.await.expect("a load task panicked"));
-    }
-    (total, start.elapsed())
-}
-
-/// CPU seconds (user + system) a process used so far, from
-/// `/proc/<pid>/stat`; NaN off Linux.
-fn cpu_seconds(pid: &str) -> f64 {
-    let read = || -> Option<f64> {
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-        let mut fields = stat.rsplit_once(')')?.1.split_whitespace().skip(11);
-        let utime: f64 = fields.next()?.parse().ok()?;
-        let stime: f64 = fields.next()?.parse().ok()?;
-        Some((utime + stime) / 100.0)
+) -> (support::LoadStats, Duration) {
+    let kinds = match target {
+        Target::Generic => vec![4],
+        Target::Mixed => knobs.mix.clone(),
     };
-    read().unwrap_or(f64::NAN)
-}
-
-fn percentile_ms(sorted_us: &[u32], q: f64) -> f64 {
-    if sorted_us.is_empty() {
-        return f64::NAN;
-    }
-    let rank = ((q * sorted_us.len() as f64).ceil() as usize).clamp(1, sorted_us.len());
-    f64::from(sorted_us[rank - 1]) / 1000.0
+    let requests = Arc::new(Mix {
+        kinds,
+        prefix: prefix.to_owned(),
+    });
+    run_load_with(&[addr], knobs.connections, duration, requests).await
 }

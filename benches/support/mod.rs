@@ -1,8 +1,9 @@
 //! What the HTTP intake benches share (`benches/intake.rs`,
-//! `benches/scaleout.rs`): helper servers (bare axum, acknowledgement
-//! sink) as child processes of the bench binary, the daemon as a child
-//! process, a keep-alive HTTP/1.1 load generator sending signed generic
-//! webhooks, daemon metrics and CPU accounting from `/proc`.
+//! `benches/scaleout.rs`, `benches/providers.rs`): helper servers (bare
+//! axum, acknowledgement sink) as child processes of the bench binary, the
+//! daemon as a child process, a keep-alive HTTP/1.1 load generator (signed
+//! generic webhooks, or whatever a bench's [`Requests`] builds), daemon
+//! metrics and CPU accounting from `/proc`.
 //!
 //! Not every bench uses every item.
 #![allow(dead_code)]
@@ -135,6 +136,10 @@ pub struct ChildGuard {
 }
 
 impl ChildGuard {
+    pub fn id(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn exited(&mut self) -> Option<ExitStatus> {
         self.child.try_wait().ok().flatten()
     }
@@ -321,29 +326,38 @@ pub async fn wait_ready(
     }
 }
 
-/// Builds signed webhook requests. Signing costs about a microsecond: the
-/// HMAC is keyed once and cloned per request, and it happens before the
-/// latency clock starts.
-pub struct RequestFactory {
-    mac: Hmac<Sha256>,
+/// What a load connection sends. Requests are built before the latency
+/// clock starts.
+pub trait Requests: Send + Sync + 'static {
+    /// The request for turn `seq` (from 1) of connection `connection`.
+    fn build(&self, host: &HeaderValue, connection: usize, seq: u64) -> Request<Full<Bytes>>;
+
+    /// Whether an answer counts as taken in (its latency is recorded).
+    fn accepted(&self, status: StatusCode) -> bool {
+        status == StatusCode::ACCEPTED
+    }
 }
 
-impl Default for RequestFactory {
-    fn default() -> Self {
+/// Builds signed generic webhooks with the provider message id
+/// `<prefix>-<connection>-<seq>`. Signing costs about a microsecond: the
+/// HMAC is keyed once and cloned per request.
+pub struct RequestFactory {
+    mac: Hmac<Sha256>,
+    id_prefix: String,
+}
+
+impl RequestFactory {
+    pub fn new(id_prefix: &str) -> Self {
         RequestFactory {
             mac: Hmac::new_from_slice(SECRET.as_bytes()).expect("HMAC takes any key length"),
+            id_prefix: id_prefix.to_owned(),
         }
     }
 }
 
-impl RequestFactory {
-    pub fn build(
-        &self,
-        host: &HeaderValue,
-        id: &str,
-        connection: usize,
-        seq: u64,
-    ) -> Request<Full<Bytes>> {
+impl Requests for RequestFactory {
+    fn build(&self, host: &HeaderValue, connection: usize, seq: u64) -> Request<Full<Bytes>> {
+        let id = format!("{}-{connection}-{seq}", self.id_prefix);
         let body = format!(
             r#"{{"id":"{id}","from":{{"name":"Bench Customer {connection}"}},"text":"Hello, my order {seq} has not arrived yet. Could you check where it is?"}}"#
         );
@@ -366,12 +380,13 @@ impl RequestFactory {
 /// What one connection (or, merged, one measurement) saw.
 #[derive(Default)]
 pub struct LoadStats {
-    /// Latency of each 202, in microseconds.
+    /// Latency of each accepted request, in microseconds.
     pub latencies_us: Vec<u32>,
-    /// The (connection, sequence number) of each 202, which make up the
-    /// provider message id `<prefix>-<connection>-<seq>`.
+    /// The (connection, sequence number) of each accepted request (for the
+    /// generic webhook they make up the provider message id
+    /// `<prefix>-<connection>-<seq>`).
     pub accepted: Vec<(u32, u64)>,
-    /// Non-202 answers by status.
+    /// Answers not accepted, by status.
     pub statuses: BTreeMap<u16, u64>,
     /// Failed connects, broken connections, unreadable responses.
     pub transport_errors: u64,
@@ -411,8 +426,7 @@ impl LoadStats {
 /// until `deadline`. A broken connection is counted and replaced.
 pub async fn drive_connection(
     addr: SocketAddr,
-    factory: Arc<RequestFactory>,
-    id_prefix: Arc<str>,
+    requests: Arc<dyn Requests>,
     connection: usize,
     deadline: Instant,
 ) -> LoadStats {
@@ -438,12 +452,7 @@ pub async fn drive_connection(
         let driver = tokio::spawn(conn);
         while Instant::now() < deadline {
             seq += 1;
-            let request = factory.build(
-                &host,
-                &format!("{id_prefix}-{connection}-{seq}"),
-                connection,
-                seq,
-            );
+            let request = requests.build(&host, connection, seq);
             let start = Instant::now();
             let answer = match sender.send_request(request).await {
                 Ok(response) => {
@@ -454,7 +463,7 @@ pub async fn drive_connection(
             };
             let elapsed = start.elapsed();
             match answer {
-                Ok(StatusCode::ACCEPTED) => {
+                Ok(status) if requests.accepted(status) => {
                     stats
                         .latencies_us
                         .push(u32::try_from(elapsed.as_micros()).unwrap_or(u32::MAX));
@@ -472,27 +481,35 @@ pub async fn drive_connection(
     stats
 }
 
-/// Drives `connections` connections for `duration`, connection `c` to
-/// `addrs[c % addrs.len()]` (round-robin over the instances of a target).
-/// Returns what they saw and the wall time from the first request to the
-/// last answer.
+/// Drives `connections` connections sending signed generic webhooks for
+/// `duration`, connection `c` to `addrs[c % addrs.len()]` (round-robin over
+/// the instances of a target). Returns what they saw and the wall time
+/// from the first request to the last answer.
 pub async fn run_load(
     addrs: &[SocketAddr],
     connections: usize,
     duration: Duration,
     id_prefix: &str,
 ) -> (LoadStats, Duration) {
+    let requests = Arc::new(RequestFactory::new(id_prefix));
+    run_load_with(addrs, connections, duration, requests).await
+}
+
+/// [`run_load`] with the requests `requests` builds.
+pub async fn run_load_with(
+    addrs: &[SocketAddr],
+    connections: usize,
+    duration: Duration,
+    requests: Arc<dyn Requests>,
+) -> (LoadStats, Duration) {
     assert!(!addrs.is_empty(), "no address to load");
-    let factory = Arc::new(RequestFactory::default());
-    let id_prefix: Arc<str> = id_prefix.into();
     let start = Instant::now();
     let deadline = start + duration;
     let tasks: Vec<_> = (0..connections)
         .map(|c| {
             tokio::spawn(drive_connection(
                 addrs[c % addrs.len()],
-                factory.clone(),
-                id_prefix.clone(),
+                requests.clone(),
                 c,
                 deadline,
             ))
