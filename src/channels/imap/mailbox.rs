@@ -6,7 +6,8 @@
 //! `\Seen`) → parse → commit messages, quarantined mail and the checkpoint
 //! in one transaction → only then `\Seen` / move / delete. If that last
 //! step fails, the checkpoint already covers the batch, and the store
-//! dedupes by Message-ID anyway: nothing is taken twice.
+//! dedupes by Message-ID anyway: nothing is taken twice. The next batch's
+//! fetch runs while a batch commits.
 
 use std::collections::HashMap;
 use std::io;
@@ -33,7 +34,8 @@ use crate::pipeline::Pipeline;
 use crate::store::lease::Held;
 use crate::store::{MailCheckpoint, Quarantined, Store, StoreError};
 
-/// Most bytes fetched in one batch (besides a single larger message).
+/// Most bytes fetched in one batch (besides a single larger message). Two
+/// batches can be in memory at once: one committing, the next fetched.
 const BATCH_BYTES: u64 = 32 * 1024 * 1024;
 
 /// Why a session ended.
@@ -476,6 +478,7 @@ impl MailboxTask {
         let mut listing = listing;
         listing.sort_unstable();
         listing.dedup_by_key(|(uid, _)| *uid);
+        let mut batches = Vec::new();
         let mut start = 0;
         while start < listing.len() {
             let mut end = start;
@@ -488,10 +491,34 @@ impl MailboxTask {
                 bytes += size;
                 end += 1;
             }
-            last = self
-                .take_batch(session, cfg, uidvalidity, &listing[start..end])
-                .await?;
+            batches.push(&listing[start..end]);
             start = end;
+        }
+        // The next batch is fetched while this one commits: the server
+        // and the store work at the same time. Flags still follow the
+        // commit of their own batch, and batches commit in order.
+        let mut fetched = match batches.first() {
+            Some(first) => Some(fetch_batch(session, cfg, first).await?),
+            None => None,
+        };
+        for (i, batch) in batches.iter().enumerate() {
+            let Some(raw) = fetched.take() else { break };
+            let prepared = self.prepare(cfg, uidvalidity, batch, raw);
+            let next = batches.get(i + 1).filter(|_| !shutdown.is_cancelled());
+            let (committed, next_fetched) = match next {
+                Some(next) => {
+                    let (c, f) =
+                        tokio::join!(self.commit(prepared), fetch_batch(session, cfg, next));
+                    (c, Some(f))
+                }
+                None => (self.commit(prepared).await, None),
+            };
+            let taken = committed?;
+            last = taken.last_uid;
+            if !taken.uids.is_empty() {
+                self.after_commit(session, cfg, &taken.uids).await?;
+            }
+            fetched = next_fetched.transpose()?;
             if shutdown.is_cancelled() {
                 break;
             }
@@ -499,28 +526,16 @@ impl MailboxTask {
         Ok(last)
     }
 
-    /// Fetches, parses, commits and then flags one batch.
-    async fn take_batch(
+    /// Parses a fetched batch: messages to commit, quarantined mail.
+    fn prepare(
         &self,
-        session: &mut ImapSession,
         cfg: &ImapChannel,
         uidvalidity: u32,
         batch: &[(u32, u64)],
-    ) -> Result<u32, MailError> {
+        fetched: Fetched,
+    ) -> Prepared {
         let channel = self.channel_id();
-        let small: Vec<u32> = batch
-            .iter()
-            .filter(|(_, s)| *s <= cfg.max_message_bytes)
-            .map(|(u, _)| *u)
-            .collect();
-        let large: Vec<u32> = batch
-            .iter()
-            .filter(|(_, s)| *s > cfg.max_message_bytes)
-            .map(|(u, _)| *u)
-            .collect();
-        let bodies = fetch_sections(session, cfg, &small, "BODY.PEEK[]", false).await?;
-        let headers = fetch_sections(session, cfg, &large, "BODY.PEEK[HEADER]", true).await?;
-        let settings = self.settings.load();
+        let Fetched { bodies, headers } = fetched;
         let own = cfg.own_addresses();
         let can_reply = cfg.smtp().is_some();
         let limits = cfg.smtp().map(|s| s.limits());
@@ -532,9 +547,15 @@ impl MailboxTask {
             plus_tokens: cfg.plus_tokens,
             received_at: Utc::now(),
         };
-        let mut messages: Vec<(NewMessage, Option<Vec<u8>>)> = Vec::new();
-        let mut quarantine = Vec::new();
-        let mut taken_uids = Vec::new();
+        let mut prepared = Prepared {
+            checkpoint: MailCheckpoint {
+                uidvalidity,
+                last_uid: batch.last().map(|(u, _)| *u).unwrap_or_default(),
+            },
+            messages: Vec::new(),
+            quarantine: Vec::new(),
+            uids: Vec::new(),
+        };
         for &(uid, size) in batch {
             let parsed = if let Some(raw) = bodies.get(&uid) {
                 mime::normalize(raw, &ctx).map(|m| (m, Some(raw)))
@@ -556,15 +577,15 @@ impl MailboxTask {
                     let keep = raw
                         .filter(|r| r.len() as u64 <= cfg.keep_raw_bytes)
                         .cloned();
-                    messages.push((message, keep));
-                    taken_uids.push(uid);
+                    prepared.messages.push((message, keep));
+                    prepared.uids.push(uid);
                 }
                 Err(e) => {
                     let raw = bodies.get(&uid).or_else(|| headers.get(&uid));
                     tracing::warn!(channel, mailbox = %self.mailbox, uid, reason = %e, "unparseable mail quarantined");
                     metrics::counter!("switchboard_email_quarantined_total", "channel" => channel.clone(), "mailbox" => self.mailbox.clone())
                         .increment(1);
-                    quarantine.push(Quarantined {
+                    prepared.quarantine.push(Quarantined {
                         uid,
                         reason: e.to_string(),
                         size,
@@ -575,21 +596,23 @@ impl MailboxTask {
                 }
             }
         }
-        drop(settings);
-        let last_uid = batch.last().map(|(u, _)| *u).unwrap_or_default();
+        prepared
+    }
+
+    /// Commits a prepared batch with its checkpoint; returns what it took.
+    async fn commit(&self, prepared: Prepared) -> Result<Taken, MailError> {
+        let channel = self.channel_id();
+        let Prepared {
+            checkpoint,
+            messages,
+            quarantine,
+            uids,
+        } = prepared;
+        let last_uid = checkpoint.last_uid;
         let quarantined = quarantine.len() as u64;
         let outcomes = self
             .pipeline
-            .accept_mail_batch(
-                &channel,
-                &self.mailbox,
-                MailCheckpoint {
-                    uidvalidity,
-                    last_uid,
-                },
-                messages,
-                quarantine,
-            )
+            .accept_mail_batch(&channel, &self.mailbox, checkpoint, messages, quarantine)
             .await?;
         let new = outcomes.iter().filter(|o| !o.duplicate).count() as u64;
         metrics::counter!("switchboard_email_messages_taken_total", "channel" => channel.clone(), "mailbox" => self.mailbox.clone())
@@ -600,10 +623,7 @@ impl MailboxTask {
             h.last_uid = Some(last_uid);
         });
         tracing::debug!(channel, mailbox = %self.mailbox, last_uid, taken = new, quarantined, "mail batch committed");
-        if !taken_uids.is_empty() {
-            self.after_commit(session, cfg, &taken_uids).await?;
-        }
-        Ok(last_uid)
+        Ok(Taken { last_uid, uids })
     }
 
     /// `\Seen`, move or delete: only ever after the commit.
@@ -644,6 +664,46 @@ impl MailboxTask {
         }
         result
     }
+}
+
+/// The raw mail of one batch, by UID: whole messages, and only the
+/// headers of those over the size limit.
+struct Fetched {
+    bodies: HashMap<u32, Vec<u8>>,
+    headers: HashMap<u32, Vec<u8>>,
+}
+
+/// A parsed batch, ready to commit.
+struct Prepared {
+    checkpoint: MailCheckpoint,
+    messages: Vec<(NewMessage, Option<Vec<u8>>)>,
+    quarantine: Vec<Quarantined>,
+    /// UIDs of the messages taken, to flag once committed.
+    uids: Vec<u32>,
+}
+
+/// What a committed batch took.
+struct Taken {
+    last_uid: u32,
+    uids: Vec<u32>,
+}
+
+async fn fetch_batch(
+    session: &mut ImapSession,
+    cfg: &ImapChannel,
+    batch: &[(u32, u64)],
+) -> Result<Fetched, MailError> {
+    let uids = |whole: bool| -> Vec<u32> {
+        batch
+            .iter()
+            .filter(|(_, size)| (*size <= cfg.max_message_bytes) == whole)
+            .map(|(uid, _)| *uid)
+            .collect()
+    };
+    Ok(Fetched {
+        bodies: fetch_sections(session, cfg, &uids(true), "BODY.PEEK[]", false).await?,
+        headers: fetch_sections(session, cfg, &uids(false), "BODY.PEEK[HEADER]", true).await?,
+    })
 }
 
 /// `UID FETCH <set> (UID <section>)`, section bytes by UID.
