@@ -17,6 +17,28 @@
 /// The global allocator the binary installs.
 pub type Allocator = mimalloc::MiMalloc;
 
+/// `mi_option_arena_eager_commit` in mimalloc 2's option enum (the
+/// version `libmimalloc-sys` builds by default; the crate has no constant
+/// for it).
+const MI_OPTION_ARENA_EAGER_COMMIT: libmimalloc_sys::mi_option_t = 4;
+
+/// Tunes the allocator; call first thing in `main`. By default mimalloc
+/// commits its 1 GiB arenas in one go on Linux, and transparent huge pages
+/// then back what is touched in 2 MiB units: with 100,000 open inquiries
+/// the daemon peaked at 115–128 MiB. Committing on demand keeps it at
+/// about 108 MiB peak and 84 MiB settled (routing bench), without a
+/// measurable CPU cost at intake. `MIMALLOC_*` environment variables still
+/// override this.
+pub fn configure() {
+    if std::env::var_os("MIMALLOC_ARENA_EAGER_COMMIT").is_none() {
+        // SAFETY: setting an option has no preconditions; mimalloc reads
+        // this one when it reserves its next arena.
+        unsafe {
+            libmimalloc_sys::mi_option_set(MI_OPTION_ARENA_EAGER_COMMIT, 0);
+        }
+    }
+}
+
 /// Returns free heap pages to the system: mimalloc's, and glibc's (used
 /// by SQLite).
 pub fn release_free_memory() {

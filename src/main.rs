@@ -13,6 +13,7 @@ use tracing_subscriber::EnvFilter;
 static ALLOCATOR: switchboard::alloc::Allocator = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
+    switchboard::alloc::configure();
     let cli = Cli::parse();
     init_logging(cli.log_format);
     match cli.command {
