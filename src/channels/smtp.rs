@@ -490,19 +490,23 @@ async fn send_pipelined(
         let _ = write!(group, "{}", Rcpt::new(to.clone(), Vec::new()));
     }
     let _ = write!(group, "{Data}");
+    // `command` writes the whole group at once and reads MAIL's reply;
+    // one reply follows for every RCPT and one for DATA.
+    let mut reply = conn.command(group).await.map(drop);
     let mut refused: Option<SmtpError> = None;
-    let mut note = |reply: Result<_, SmtpError>| match reply.map_err(Failure::of) {
-        Ok(_) => Ok(()),
-        Err(Failure::Reply(e)) => {
-            refused.get_or_insert(e);
-            Ok(())
+    for left in (0..=envelope.to().len() + 1).rev() {
+        match reply.map_err(Failure::of) {
+            Ok(()) => {}
+            Err(Failure::Reply(e)) => {
+                refused.get_or_insert(e);
+            }
+            // The server may hang up after a refusal (421): report that.
+            Err(broken) => return Err(refused.map_or(broken, Failure::Reply)),
         }
-        Err(other) => Err(other),
-    };
-    // `command` writes the whole group at once and reads MAIL's reply.
-    note(conn.command(group).await)?;
-    for _ in 0..=envelope.to().len() {
-        note(conn.read_response().await)?;
+        if left == 0 {
+            break;
+        }
+        reply = conn.read_response().await.map(drop);
     }
     if let Some(e) = refused {
         return Err(Failure::Reply(e));
@@ -662,9 +666,12 @@ mod tests {
     }
 
     /// A scripted SMTP server on loopback for one connection: announces
-    /// PIPELINING, answers RCPT with `rcpt_reply`, and returns everything
-    /// the client wrote.
-    async fn fake_server(rcpt_reply: &'static str) -> (u16, tokio::task::JoinHandle<String>) {
+    /// PIPELINING, answers MAIL with `mail_reply` (hanging up after a 421)
+    /// and RCPT with `rcpt_reply`, and returns everything the client wrote.
+    async fn fake_server(
+        mail_reply: &'static str,
+        rcpt_reply: &'static str,
+    ) -> (u16, tokio::task::JoinHandle<String>) {
         use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
@@ -692,7 +699,20 @@ mod tests {
                     let verb = line.get(..4).unwrap_or_default().to_ascii_uppercase();
                     match verb.as_str() {
                         "EHLO" => "250-fake\r\n250-PIPELINING\r\n250 8BITMIME\r\n",
-                        "MAIL" => "250 2.1.0 Ok\r\n",
+                        "MAIL" if mail_reply.starts_with("421") => {
+                            write.write_all(mail_reply.as_bytes()).await.unwrap();
+                            // Take the rest of the group, then hang up
+                            // (unread input would make it a reset).
+                            while !line.starts_with("DATA") {
+                                line.clear();
+                                if read.read_line(&mut line).await.unwrap() == 0 {
+                                    break;
+                                }
+                                seen.push_str(&line);
+                            }
+                            break;
+                        }
+                        "MAIL" => mail_reply,
                         "RCPT" => {
                             rcpt_ok = rcpt_reply.starts_with('2');
                             rcpt_reply
@@ -730,7 +750,7 @@ mod tests {
 
     #[tokio::test]
     async fn pipelined_send_is_accepted_and_dot_stuffed() {
-        let (port, server) = fake_server("250 2.1.5 Ok\r\n").await;
+        let (port, server) = fake_server("250 2.1.0 Ok\r\n", "250 2.1.5 Ok\r\n").await;
         let smtp = sender(port);
         smtp.send(message(&smtp)).await.unwrap();
         drop(smtp);
@@ -747,7 +767,11 @@ mod tests {
 
     #[tokio::test]
     async fn pipelined_refusal_reports_the_server_text() {
-        let (port, server) = fake_server("550 5.1.1 <c@customer.test>: unknown user\r\n").await;
+        let (port, server) = fake_server(
+            "250 2.1.0 Ok\r\n",
+            "550 5.1.1 <c@customer.test>: unknown user\r\n",
+        )
+        .await;
         let smtp = sender(port);
         let err = smtp.send(message(&smtp)).await.unwrap_err();
         match &err {
@@ -759,7 +783,7 @@ mod tests {
         let seen = server.await.unwrap();
         assert!(!seen.contains("leading dot"), "{seen}");
 
-        let (port, server) = fake_server("452 4.2.2 mailbox full\r\n").await;
+        let (port, server) = fake_server("250 2.1.0 Ok\r\n", "452 4.2.2 mailbox full\r\n").await;
         let smtp = sender(port);
         let err = smtp.send(message(&smtp)).await.unwrap_err();
         assert!(
@@ -767,6 +791,16 @@ mod tests {
             "{err:?}"
         );
         drop(smtp);
+        server.await.unwrap();
+
+        // The server hangs up after refusing MAIL: its reply is reported.
+        let (port, server) = fake_server("421 4.3.2 shutting down\r\n", "250 2.1.5 Ok\r\n").await;
+        let smtp = sender(port);
+        let err = smtp.send(message(&smtp)).await.unwrap_err();
+        assert!(
+            matches!(&err, DeliveryError::Transient(t) if t.contains("shutting down")),
+            "{err:?}"
+        );
         server.await.unwrap();
     }
 
