@@ -6,6 +6,8 @@
 //! work; the ops token sees everything and may act for an associate by
 //! naming them in the body (`{"associate": "anna"}`).
 
+use std::time::Duration;
+
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
@@ -15,10 +17,11 @@ use serde_json::{Value, json};
 use subtle::ConstantTimeEq;
 
 use super::{ApiError, AppState, bearer, settings};
-use crate::inquiry::Reference;
+use crate::inquiry::{Reference, Status};
 use crate::routing::engine::ms_to_rfc3339;
 use crate::routing::service::CommandError;
 use crate::routing::{Caller, Engine, Presence, RoutingError};
+use crate::store::StoreError;
 
 /// Who the bearer token belongs to.
 pub(super) fn caller(state: &State<AppState>, headers: &HeaderMap) -> Result<Caller, ApiError> {
@@ -211,25 +214,41 @@ pub(super) async fn act(
             ApiError::BadRequest("ops must name the associate: `{\"associate\": \"id\"}`".into())
         })
     };
+    if !matches!(
+        action.as_str(),
+        "accept" | "decline" | "resolve" | "transfer"
+    ) {
+        return Err(ApiError::NotFound(format!(
+            "no action `{action}`: use accept, decline, resolve or transfer"
+        )));
+    }
     let router = &state.router;
-    let result = match action.as_str() {
-        "accept" => router.accept(id, &need_acting()?).await,
-        "decline" => router.decline(id, &need_acting()?).await,
-        "resolve" => {
-            router
-                .resolve(id, acting.as_deref(), body.note.clone())
-                .await
+    // A new or reopened inquiry reaches the router just after its commit:
+    // an action in that moment waits for it instead of being told that an
+    // open inquiry is not open.
+    let deadline = tokio::time::Instant::now() + ROUTER_CATCH_UP;
+    let result = loop {
+        let result = match action.as_str() {
+            "accept" => router.accept(id, &need_acting()?).await,
+            "decline" => router.decline(id, &need_acting()?).await,
+            "resolve" => {
+                router
+                    .resolve(id, acting.as_deref(), body.note.clone())
+                    .await
+            }
+            _ => {
+                router
+                    .transfer(id, acting.as_deref(), body.to.as_deref(), body.note.clone())
+                    .await
+            }
+        };
+        if !matches!(result, Err(CommandError::Routing(RoutingError::NotOpen)))
+            || tokio::time::Instant::now() >= deadline
+            || !stored_open(&state, &reference).await?
+        {
+            break result;
         }
-        "transfer" => {
-            router
-                .transfer(id, acting.as_deref(), body.to.as_deref(), body.note.clone())
-                .await
-        }
-        other => {
-            return Err(ApiError::NotFound(format!(
-                "no action `{other}`: use accept, decline, resolve or transfer"
-            )));
-        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
     };
     match result {
         Ok(()) => {
@@ -240,15 +259,30 @@ pub(super) async fn act(
         }
         Err(CommandError::Routing(RoutingError::NotOpen)) => {
             match state.store.inquiry(&reference).await? {
-                Some(detail) => Err(ApiError::Conflict(format!(
-                    "inquiry {reference} is {}",
-                    detail.inquiry.status.as_str()
-                ))),
+                Some(detail) if detail.inquiry.status == Status::Resolved => Err(
+                    ApiError::Conflict(format!("inquiry {reference} is resolved")),
+                ),
+                Some(_) => Err(ApiError::Unavailable(StoreError::Unavailable(format!(
+                    "inquiry {reference} is not routed yet; retry"
+                )))),
                 None => Err(ApiError::NotFound(format!("no inquiry {reference}"))),
             }
         }
         Err(e) => Err(command(e)),
     }
+}
+
+/// How long an action waits for the router to take an inquiry that the
+/// store already holds as open.
+const ROUTER_CATCH_UP: Duration = Duration::from_secs(2);
+
+/// Whether the store holds `reference` as not resolved.
+async fn stored_open(state: &AppState, reference: &str) -> Result<bool, ApiError> {
+    Ok(state
+        .store
+        .inquiry(reference)
+        .await?
+        .is_some_and(|d| d.inquiry.status != Status::Resolved))
 }
 
 fn parse_body<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<Option<T>, ApiError> {
