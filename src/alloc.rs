@@ -20,8 +20,8 @@ pub type Allocator = mimalloc::MiMalloc;
 /// Tunes the allocator; call first thing in `main`. mimalloc asks for
 /// transparent huge pages on its arenas, and the kernel then backs what
 /// is touched in 2 MiB units: with 100,000 open inquiries the daemon
-/// peaked at 115–128 MiB instead of about 108 MiB (routing bench), and
-/// settled at 102 MiB instead of 85. mimalloc's own switch
+/// peaked at 115–128 MiB instead of 111 MiB (routing bench), and settled
+/// at 102 MiB instead of 87. mimalloc's own switch
 /// (`MIMALLOC_ALLOW_THP=0`) is read before `main` runs, so the daemon
 /// turns huge pages off for itself here; faults from now on get normal
 /// pages. Setting `MIMALLOC_ALLOW_THP` leaves the choice to mimalloc.
