@@ -154,28 +154,7 @@ pub struct Snapshot {
 impl Snapshot {
     /// Adds one open inquiry as stored.
     pub fn add(&mut self, r: RestoredWork) {
-        let mut work = self.shared.work(r.work);
-        work.responded = r.responded;
-        work.sla_breached = r.sla_breached;
-        for (who, expired) in r
-            .declined
-            .iter()
-            .map(|w| (w, false))
-            .chain(r.expired.iter().map(|w| (w, true)))
-        {
-            work.pass(&self.shared.interner.name(who), expired);
-        }
-        work.state = match (r.status, r.assignee, r.open_offer) {
-            (Status::Assigned, Some(a), _) => State::Assigned {
-                associate: self.shared.interner.name(&a),
-            },
-            (_, _, Some((offer_id, associate, expires_at))) => State::Offered {
-                offer_id,
-                associate: self.shared.interner.name(&associate),
-                expires_at,
-            },
-            _ => State::Waiting,
-        };
+        let work = self.shared.restored(r);
         self.works.insert(work.id, work);
     }
 
@@ -207,6 +186,34 @@ struct Shared {
 }
 
 impl Shared {
+    /// The engine's form of an inquiry as the store holds it: answered or
+    /// breached, who passed on it, and its offer or assignee.
+    fn restored(&mut self, r: RestoredWork) -> Work {
+        let mut work = self.work(r.work);
+        work.responded = r.responded;
+        work.sla_breached = r.sla_breached;
+        for (who, expired) in r
+            .declined
+            .iter()
+            .map(|w| (w, false))
+            .chain(r.expired.iter().map(|w| (w, true)))
+        {
+            work.pass(&self.interner.name(who), expired);
+        }
+        work.state = match (r.status, r.assignee, r.open_offer) {
+            (Status::Assigned, Some(a), _) => State::Assigned {
+                associate: self.interner.name(&a),
+            },
+            (_, _, Some((offer_id, associate, expires_at))) => State::Offered {
+                offer_id,
+                associate: self.interner.name(&associate),
+                expires_at,
+            },
+            _ => State::Waiting,
+        };
+        work
+    }
+
     /// The engine's compact form of `new`, its shared parts interned.
     fn work(&mut self, mut new: NewWork) -> Work {
         let mut req = std::mem::take(&mut new.requirements);
@@ -714,17 +721,9 @@ impl Engine {
             let previous = self.shared.interner.name(previous);
             self.sticky.insert(customer_hash(customer), (previous, now));
         }
-        let mut work = self.shared.work(r.work);
-        work.responded = r.responded;
-        work.sla_breached = r.sla_breached;
-        for (who, expired) in r
-            .declined
-            .iter()
-            .map(|w| (w, false))
-            .chain(r.expired.iter().map(|w| (w, true)))
-        {
-            work.pass(&self.shared.interner.name(who), expired);
-        }
+        // Resolved and reopened: no offer is open and nobody holds it, so
+        // it restores as waiting.
+        let mut work = self.shared.restored(r);
         work.relaxed = steps(self.effective(&work, now).steps_taken);
         if let Some(due) = work.sla_due
             && !work.responded
