@@ -24,7 +24,8 @@
 //! Knobs (environment): `INTAKE_ROUNDS` (3), `INTAKE_SECS` per target and
 //! round (5), `INTAKE_CONNECTIONS` (64), `INTAKE_WARMUP_SECS` (1),
 //! `INTAKE_SETTLE_SECS` (60: the longest wait for the daemon's outbox to
-//! drain before a measurement).
+//! drain before a measurement), `SWITCHBOARD_BENCH_BIN` (another daemon
+//! binary, for before/after runs).
 
 mod support;
 
@@ -271,7 +272,7 @@ fn bench(knobs: Knobs) -> anyhow::Result<()> {
     println!("  bare   = axum answering 202 (separate process, port {bare_port})");
     println!(
         "  daemon = {} (port {daemon_port}, store {})",
-        env!("CARGO_BIN_EXE_switchboard"),
+        support::daemon_binary().display(),
         dir.path().join("db.sqlite").display()
     );
 

@@ -130,7 +130,8 @@ impl Pipeline {
             customer_key: message.customer_key.clone(),
             requirements: c.requirements.clone(),
             sla_due: c.sla_due_at.map(|t| t.timestamp_millis()),
-            waiting_since: chrono::Utc::now().timestamp_millis(),
+            // As the store writes it: the router then need not.
+            waiting_since: message.received_at.timestamp_millis(),
         })
     }
 

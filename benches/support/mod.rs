@@ -242,9 +242,18 @@ reply_url = "http://127.0.0.1:{sink_port}/replies"
     Ok(path)
 }
 
-/// Starts the release `switchboard` binary on `config`, its stderr to `log`.
+/// The daemon binary under test: the release build beside this bench, or
+/// `SWITCHBOARD_BENCH_BIN` (e.g. an older build kept for a before/after
+/// comparison run in alternation with the current one).
+pub fn daemon_binary() -> PathBuf {
+    std::env::var_os("SWITCHBOARD_BENCH_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_switchboard")))
+}
+
+/// Starts the daemon binary ([`daemon_binary`]) on `config`, its stderr to `log`.
 pub fn spawn_daemon(config: &Path, log: &Path) -> anyhow::Result<ChildGuard> {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_switchboard"));
+    let mut command = Command::new(daemon_binary());
     command
         .arg("run")
         .arg("--config")

@@ -702,7 +702,7 @@ impl Engine {
             self.timers.insert((due, Timer::Sla, id));
         }
         self.works.insert(id, work);
-        self.route(id, now, &mut effects);
+        self.route_stored_waiting(id, now, &mut effects);
         effects
     }
 
@@ -732,7 +732,7 @@ impl Engine {
             self.timers.insert((due, Timer::Sla, id));
         }
         self.works.insert(id, work);
-        self.route(id, now, &mut effects);
+        self.route_stored_waiting(id, now, &mut effects);
         effects
     }
 
@@ -1111,6 +1111,17 @@ impl Engine {
 
     /// Offers `id` to the best eligible associate, or queues it.
     fn route(&mut self, id: i64, now: i64, effects: &mut Vec<Effect>) {
+        self.route_as(id, now, effects, false);
+    }
+
+    /// [`Engine::route`] for an inquiry the store already holds as open
+    /// with the engine's `waiting_since` (just opened, or reopened by the
+    /// writer): queuing it writes no status, only the `queued` event.
+    fn route_stored_waiting(&mut self, id: i64, now: i64, effects: &mut Vec<Effect>) {
+        self.route_as(id, now, effects, true);
+    }
+
+    fn route_as(&mut self, id: i64, now: i64, effects: &mut Vec<Effect>, stored_waiting: bool) {
         let Some(work) = self.works.get(&id) else {
             return;
         };
@@ -1144,12 +1155,14 @@ impl Engine {
                     let work = self.works.get_mut(&id).expect("present");
                     work.state = State::Waiting;
                     self.waiting.insert(queue_key(work));
-                    effects.push(Effect::Status {
-                        inquiry_id: id,
-                        status: Status::Open,
-                        assignee: None,
-                        waiting_since: Some(was_waiting_since),
-                    });
+                    if !stored_waiting {
+                        effects.push(Effect::Status {
+                            inquiry_id: id,
+                            status: Status::Open,
+                            assignee: None,
+                            waiting_since: Some(was_waiting_since),
+                        });
+                    }
                     effects.push(Effect::Event {
                         inquiry_id: id,
                         kind: "queued",

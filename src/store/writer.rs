@@ -1065,7 +1065,7 @@ impl<'a> Plan<'a> {
                 "INSERT INTO inquiries (id, reference, channel, medium, status, urgency, customer_name, \
                  customer_email, customer_phone, customer_handle, customer_key, subject, language, \
                  created_at, updated_at, queue, requirements, sla_due_at, waiting_since, linked_to) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $15, $19)",
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $14, $19)",
                 &[
                     id,
                     &Reference::from_id(*id).0,
