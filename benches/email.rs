@@ -27,7 +27,11 @@
 //! (10,000 messages), `EMAIL_BENCH_SMTP_POOL` (16 connections, floor and
 //! daemon alike), `EMAIL_BENCH_SETTLE` (65 s), `EMAIL_BENCH_SMTP_ONLY=1`
 //! (skip steps 2-4), `EMAIL_BENCH_SMTP_SERIAL=1` (see step 6),
-//! `EMAIL_BENCH_ROUNDS` (3 interleaved rounds of steps 2 and 4).
+//! `EMAIL_BENCH_ROUNDS` (3 interleaved rounds of steps 2 and 4),
+//! `EMAIL_BENCH_INTAKE_ONLY=1` (stop after step 4), `SWITCHBOARD_BENCH_BIN`
+//! (another daemon build, for before/after runs), `EMAIL_BENCH_RUST_LOG`
+//! (the daemon's `RUST_LOG`, default `warn`; its log is `daemon.log` in
+//! the run's folder, printed at the end with `EMAIL_BENCH_KEEP_LOGS=1`).
 
 #[path = "../tests/common/mail.rs"]
 mod mail;
@@ -434,13 +438,20 @@ fn run_daemon(servers: &MailServers, work: &Path, n: usize, smtp: Option<bool>) 
     )
     .unwrap();
     let start = Instant::now();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_switchboard"))
+    // `SWITCHBOARD_BENCH_BIN`: another build, for before/after runs.
+    let binary = std::env::var_os("SWITCHBOARD_BENCH_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_switchboard")));
+    let mut child = Command::new(binary)
         .args(["run", "--config"])
         .arg(dir.join("switchboard.toml"))
-        .env("RUST_LOG", "warn")
+        .env(
+            "RUST_LOG",
+            std::env::var("EMAIL_BENCH_RUST_LOG").unwrap_or_else(|_| "warn".into()),
+        )
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("daemon.log")).unwrap())
         .spawn()
         .unwrap();
     let count = |sql: &str| -> i64 {
@@ -496,6 +507,10 @@ fn run_daemon(servers: &MailServers, work: &Path, n: usize, smtp: Option<bool>) 
         .args(["-TERM", &child.id().to_string()])
         .status();
     let _ = child.wait();
+    if std::env::var_os("EMAIL_BENCH_KEEP_LOGS").is_some() {
+        let log = std::fs::read_to_string(dir.join("daemon.log")).unwrap_or_default();
+        println!("--- daemon log of {}:\n{log}---", dir.display());
+    }
     DaemonRun {
         intake,
         messages,
@@ -595,6 +610,10 @@ fn main() {
     // `EMAIL_BENCH_SMTP_ONLY=1`: only the two SMTP phases.
     if std::env::var_os("EMAIL_BENCH_SMTP_ONLY").is_none() {
         intake_phases(&servers, &channel, &rt, work.path(), n);
+    }
+    // `EMAIL_BENCH_INTAKE_ONLY=1`: only steps 2-4.
+    if std::env::var_os("EMAIL_BENCH_INTAKE_ONLY").is_some() {
+        return;
     }
     // Held first: the figure for the target (what the MTA accepts), then
     // live: accepted while the MTA also delivers to Dovecot on these cores.

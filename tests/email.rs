@@ -664,6 +664,57 @@ async fn restart_takes_mail_that_arrived_while_down_exactly_once() {
     assert_eq!(acks(&servers).await.len(), 4, "one acknowledgement each");
 }
 
+/// Small batches run the intake pipeline (commit one batch while the
+/// next is parsed and the one before is flagged): every mail is taken once
+/// and flagged \Seen, the last batch too, and a restart takes nothing again.
+#[tokio::test]
+async fn mail_in_many_batches_is_taken_once_and_every_batch_is_flagged() {
+    let servers = MailServers::start(&[]);
+    let setup = email_setup(&servers, "mailboxes = [\"Support\"]\nbatch_size = 2\n");
+    servers.create(SUPPORT, "Support").await;
+    for i in 1..=7 {
+        let raw = mail_from_customer(
+            Some(&format!("b{i}@customer.test")),
+            &format!("batch mail {i}"),
+            "",
+            "in a small batch",
+        );
+        servers.append(SUPPORT, "Support", &raw).await;
+    }
+    let client = http();
+    let mut daemon = setup.start();
+    wait_inquiries(&client, &daemon, 7).await;
+    eventually(WAIT, "all 7 mails flagged \\Seen", || async {
+        let mails = servers.fetch_all(SUPPORT, "Support").await;
+        let seen = mails
+            .iter()
+            .filter(|(_, _, flags)| flags.iter().any(|f| f.contains("Seen")))
+            .count();
+        (mails.len() == 7 && seen == 7).then_some(())
+    })
+    .await;
+    daemon.signal("TERM");
+    assert_eq!(daemon.wait_exit(Duration::from_secs(15)), Some(0));
+
+    let daemon = setup.start();
+    servers
+        .append(
+            SUPPORT,
+            "Support",
+            &mail_from_customer(
+                Some("b8@customer.test"),
+                "batch mail 8",
+                "",
+                "after the restart",
+            ),
+        )
+        .await;
+    wait_inquiries(&client, &daemon, 8).await;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let list = email_inquiries(&client, &daemon).await;
+    assert_eq!(list.len(), 8, "{list:?}");
+}
+
 #[tokio::test]
 async fn uidvalidity_change_rescans_without_reimporting_or_skipping() {
     let servers = MailServers::start(&[]);

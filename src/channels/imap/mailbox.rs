@@ -494,34 +494,54 @@ impl MailboxTask {
             batches.push(&listing[start..end]);
             start = end;
         }
-        // The next batch is fetched while this one commits: the server
-        // and the store work at the same time. Flags still follow the
-        // commit of their own batch, and batches commit in order.
-        let mut fetched = match batches.first() {
-            Some(first) => Some(fetch_batch(session, cfg, first).await?),
-            None => None,
-        };
-        for (i, batch) in batches.iter().enumerate() {
-            let Some(raw) = fetched.take() else { break };
-            let prepared = self.prepare(cfg, uidvalidity, batch, raw);
-            let next = batches.get(i + 1).filter(|_| !shutdown.is_cancelled());
-            let (committed, next_fetched) = match next {
-                Some(next) => {
-                    let (c, f) =
-                        tokio::join!(self.commit(prepared), fetch_batch(session, cfg, next));
-                    (c, Some(f))
+        // Three stages at once: while batch i commits (the store's
+        // writer), batch i+1 is parsed (this task) and the session flags
+        // batch i-1, committed in the previous round, then fetches batch
+        // i+2 (the server). Flags still only follow their own batch's
+        // commit, and batches commit in order. Parsing ahead counts senders
+        // against the acknowledgement rate limit ahead; if a commit fails,
+        // they are counted again when refetched, which only errs on the
+        // side of fewer acknowledgements.
+        let mut parsed = None;
+        let mut fetched = None;
+        if let Some(first) = batches.first() {
+            let raw = fetch_batch(session, cfg, first).await?;
+            parsed = Some(self.prepare(cfg, uidvalidity, first, raw));
+            if let Some(second) = batches.get(1) {
+                fetched = Some(fetch_batch(session, cfg, second).await?);
+            }
+        }
+        let mut unflagged: Vec<u32> = Vec::new();
+        for i in 0..batches.len() {
+            let Some(prepared) = parsed.take() else { break };
+            let raw = fetched.take();
+            let after = batches.get(i + 2).filter(|_| !shutdown.is_cancelled());
+            let flags = std::mem::take(&mut unflagged);
+            let (committed, next_parsed, flagged_then_fetched) = tokio::join!(
+                self.commit(prepared),
+                async { raw.map(|raw| self.prepare(cfg, uidvalidity, batches[i + 1], raw)) },
+                async {
+                    if !flags.is_empty() {
+                        self.after_commit(session, cfg, &flags).await?;
+                    }
+                    match after {
+                        Some(batch) => fetch_batch(session, cfg, batch).await.map(Some),
+                        None => Ok(None),
+                    }
                 }
-                None => (self.commit(prepared).await, None),
-            };
+            );
             let taken = committed?;
             last = taken.last_uid;
-            if !taken.uids.is_empty() {
-                self.after_commit(session, cfg, &taken.uids).await?;
-            }
-            fetched = next_fetched.transpose()?;
+            unflagged = taken.uids;
+            fetched = flagged_then_fetched?;
+            parsed = next_parsed;
             if shutdown.is_cancelled() {
                 break;
             }
+        }
+        // The last committed batch.
+        if !unflagged.is_empty() {
+            self.after_commit(session, cfg, &unflagged).await?;
         }
         Ok(last)
     }
