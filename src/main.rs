@@ -53,7 +53,9 @@ fn main() -> ExitCode {
                 Err(e) => {
                     let e = anyhow::Error::from(e);
                     tracing::error!(error = %e, "switchboard failed");
-                    eprintln!("switchboard: {e:#}");
+                    // Each error's text already ends with its cause's;
+                    // `{:#}` would repeat the chain.
+                    eprintln!("switchboard: {e}");
                     ExitCode::FAILURE
                 }
             }
