@@ -128,6 +128,8 @@ pub struct Daemon {
     pub child: Child,
     pub addr: SocketAddr,
     pub log: Arc<Mutex<Vec<String>>>,
+    /// Copies the daemon's stderr into `log`; ends at its end.
+    reader: std::thread::JoinHandle<()>,
 }
 
 impl Daemon {
@@ -147,7 +149,7 @@ impl Daemon {
         let log = Arc::new(Mutex::new(Vec::new()));
         let (tx, rx) = std::sync::mpsc::channel();
         let sink = log.clone();
-        std::thread::spawn(move || {
+        let reader = std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 if let Some(addr) = started_on(&line) {
                     let _ = tx.send(addr);
@@ -165,7 +167,12 @@ impl Daemon {
                 );
             }
         };
-        Daemon { child, addr, log }
+        Daemon {
+            child,
+            addr,
+            log,
+            reader,
+        }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -186,6 +193,12 @@ impl Daemon {
         let deadline = Instant::now() + within;
         while Instant::now() < deadline {
             if let Some(status) = self.child.try_wait().unwrap() {
+                // The reader may still be behind the exit: let it take the
+                // last lines (bounded), so the log is whole.
+                let read_by = Instant::now() + Duration::from_secs(5);
+                while !self.reader.is_finished() && Instant::now() < read_by {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
                 return status.code();
             }
             std::thread::sleep(Duration::from_millis(20));
