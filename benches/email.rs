@@ -35,6 +35,7 @@
 
 #[path = "../tests/common/mail.rs"]
 mod mail;
+mod support;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -452,11 +453,7 @@ fn run_daemon(servers: &MailServers, work: &Path, n: usize, smtp: Option<bool>) 
     )
     .unwrap();
     let start = Instant::now();
-    // `SWITCHBOARD_BENCH_BIN`: another build, for before/after runs.
-    let binary = std::env::var_os("SWITCHBOARD_BENCH_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_switchboard")));
-    let mut child = Command::new(binary)
+    let mut child = Command::new(support::daemon_binary())
         .args(["run", "--config"])
         .arg(dir.join("switchboard.toml"))
         .env(

@@ -1,5 +1,6 @@
 //! What the HTTP intake benches share (`benches/intake.rs`,
-//! `benches/scaleout.rs`, `benches/providers.rs`): helper servers (bare
+//! `benches/scaleout.rs`, `benches/providers.rs`; `benches/email.rs` only
+//! for [`daemon_binary`]): helper servers (bare
 //! axum, acknowledgement sink) as child processes of the bench binary, the
 //! daemon as a child process, a keep-alive HTTP/1.1 load generator (signed
 //! generic webhooks, or whatever a bench's [`Requests`] builds), daemon

@@ -783,25 +783,30 @@ mod tests {
         let seen = server.await.unwrap();
         assert!(!seen.contains("leading dot"), "{seen}");
 
-        let (port, server) = fake_server("250 2.1.0 Ok\r\n", "452 4.2.2 mailbox full\r\n").await;
-        let smtp = sender(port);
-        let err = smtp.send(message(&smtp)).await.unwrap_err();
-        assert!(
-            matches!(&err, DeliveryError::Transient(t) if t.contains("mailbox full")),
-            "{err:?}"
-        );
-        drop(smtp);
-        server.await.unwrap();
-
-        // The server hangs up after refusing MAIL: its reply is reported.
-        let (port, server) = fake_server("421 4.3.2 shutting down\r\n", "250 2.1.5 Ok\r\n").await;
-        let smtp = sender(port);
-        let err = smtp.send(message(&smtp)).await.unwrap_err();
-        assert!(
-            matches!(&err, DeliveryError::Transient(t) if t.contains("shutting down")),
-            "{err:?}"
-        );
-        server.await.unwrap();
+        // A 4xx to RCPT, and a server that hangs up after refusing MAIL:
+        // both transient, with the server's reply.
+        for (mail, rcpt, reply) in [
+            (
+                "250 2.1.0 Ok\r\n",
+                "452 4.2.2 mailbox full\r\n",
+                "mailbox full",
+            ),
+            (
+                "421 4.3.2 shutting down\r\n",
+                "250 2.1.5 Ok\r\n",
+                "shutting down",
+            ),
+        ] {
+            let (port, server) = fake_server(mail, rcpt).await;
+            let smtp = sender(port);
+            let err = smtp.send(message(&smtp)).await.unwrap_err();
+            assert!(
+                matches!(&err, DeliveryError::Transient(t) if t.contains(reply)),
+                "{err:?}"
+            );
+            drop(smtp);
+            server.await.unwrap();
+        }
     }
 
     #[test]
