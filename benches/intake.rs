@@ -37,9 +37,9 @@ use anyhow::bail;
 use axum::http::StatusCode;
 
 use support::{
-    DaemonMetrics, LoadStats, OPS_TOKEN, cpu_seconds, env_var, free_port, http_get, log_tail,
-    percentile_ms, run_load, settle, sink_count, spawn_daemon, spawn_helper, wait_ready,
-    write_daemon_config,
+    DaemonMetrics, LoadStats, OPS_TOKEN, cpu_seconds, disk_write_bytes, env_var, free_port,
+    http_get, log_tail, percentile_ms, run_load, settle, sink_count, spawn_daemon, spawn_helper,
+    wait_ready, write_daemon_config,
 };
 
 fn main() -> anyhow::Result<()> {
@@ -188,9 +188,11 @@ impl Rig {
             );
         }
         let (metrics_before, acks_before) = self.daemon_state()?;
+        let disk_before = disk_write_bytes(&self.daemon_pid);
         let cpu_before = self.cpu(target);
         let (mut stats, wall) = self.load(target, knobs.duration, &format!("r{round}"));
         let cpu_after = self.cpu(target);
+        let disk_after = disk_write_bytes(&self.daemon_pid);
 
         stats.latencies_us.sort_unstable();
         let ok = stats.latencies_us.len() as u64;
@@ -220,8 +222,15 @@ impl Rig {
             let (metrics_after, acks_after) = self.daemon_state()?;
             let (avg_batch, commits) = metrics_after.batches_since(&metrics_before);
             let acks = acks_after - acks_before;
+            let disk = match (disk_before, disk_after) {
+                (Some(b), Some(a)) => format!(
+                    "{:.1} KiB",
+                    a.saturating_sub(b) as f64 / 1024.0 / ok.max(1) as f64
+                ),
+                _ => "?".into(),
+            };
             println!(
-                "                store: {:.0} group commits/s, avg {avg_batch:.1} jobs each; \
+                "                store: {:.0} group commits/s, avg {avg_batch:.1} jobs each, {disk} written to disk per request; \
                  outbox: {acks} acks delivered ({:.0}/s, sink {:.2} cores), {} pending at the end",
                 commits / secs,
                 acks as f64 / secs,
@@ -321,6 +330,16 @@ fn bench(knobs: Knobs) -> anyhow::Result<()> {
         metrics.batch_count,
         metrics.batch_sum / metrics.batch_count
     );
+    // Steadier than a round's CPU per request, which leaves out the
+    // acknowledgements still queued when the round ends: by now every
+    // inquiry has been committed, routed and acknowledged.
+    if let Some(cpu) = cpu_seconds(&rig.daemon_pid) {
+        println!(
+            "daemon CPU over the whole run, everything included (intake, routing, acknowledgements): \
+             {:.0} µs per inquiry",
+            cpu * 1e6 / rig.daemon_accepted.max(1) as f64
+        );
+    }
 
     // Durability check, part 1: ids are dense from 1, so the newest
     // inquiry must be the one whose id is the number of 202s.

@@ -624,6 +624,17 @@ pub async fn settle(addr: SocketAddr, limit: Duration) -> anyhow::Result<(Durati
 
 /// CPU time (user + system, all threads) a process has used so far, from
 /// `/proc/<pid>/stat`. `None` off Linux or once the process is gone.
+/// Bytes `pid` has caused to be written to storage (`write_bytes` in
+/// `/proc/<pid>/io`: page-cache writeback, so the WAL and checkpoints).
+pub fn disk_write_bytes(pid: &str) -> Option<u64> {
+    let io = std::fs::read_to_string(format!("/proc/{pid}/io")).ok()?;
+    io.lines()
+        .find_map(|l| l.strip_prefix("write_bytes:"))?
+        .trim()
+        .parse()
+        .ok()
+}
+
 pub fn cpu_seconds(pid: &str) -> Option<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // Fields after the parenthesised command name: state is field 3, so

@@ -114,6 +114,11 @@ impl Dispatcher {
         // Whether the outbox may hold due entries we have not claimed.
         let mut maybe_more = true;
         let mut next_poll = tokio::time::Instant::now();
+        // One timer, moved when it fires: a new one per turn of this loop
+        // (several per acknowledgement) cost a trip through the runtime's
+        // timer wheel each.
+        let poll = tokio::time::sleep_until(next_poll);
+        tokio::pin!(poll);
         loop {
             // Reap every finished delivery, not just the one that woke us.
             while in_flight.try_join_next().is_some() {}
@@ -123,6 +128,7 @@ impl Dispatcher {
                 // Retries come due with time, without a wake-up.
                 maybe_more = true;
                 next_poll = now + config.poll_interval;
+                poll.as_mut().reset(next_poll);
             }
             while sending.count() < config.concurrency {
                 let Some(entry) = queued.pop_front() else {
@@ -165,7 +171,7 @@ impl Dispatcher {
                 _ = wake.notified() => maybe_more = true,
                 _ = sending.freed.notified() => {}
                 Some(_) = in_flight.join_next(), if !in_flight.is_empty() => {}
-                _ = tokio::time::sleep_until(next_poll) => {}
+                _ = &mut poll => {}
             }
         }
         // A claim dropped unanswered gives its entries back in the store.

@@ -471,10 +471,22 @@ impl Store {
     /// Persists one round of the router's effects, durably, all or nothing.
     pub async fn apply_routing(
         &self,
-        effects: Vec<crate::routing::Effect>,
+        mut effects: Vec<crate::routing::Effect>,
     ) -> Result<(), StoreError> {
+        // Rendered here, where the router built them: the writer thread,
+        // which every intake waits on, then neither renders nor frees them.
+        let details = effects
+            .iter_mut()
+            .filter_map(|e| match e {
+                crate::routing::Effect::Event { detail, .. } => {
+                    Some(std::mem::take(detail).to_string())
+                }
+                _ => None,
+            })
+            .collect();
         let (tx, rx) = oneshot::channel();
-        self.submit(writer::Job::Routing(effects, tx)).await?;
+        self.submit(writer::Job::Routing(effects, details, tx))
+            .await?;
         rx.await.map_err(|_| StoreError::Closed)?
     }
 

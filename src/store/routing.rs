@@ -14,9 +14,16 @@ use crate::routing::engine::{Effect, NewWork, RestoredWork, Snapshot};
 use crate::routing::{Presence, Requirements};
 
 /// Writes `effects` in order. Runs inside the writer's batch transaction.
-pub(super) fn write<C: Conn>(tx: &mut C, effects: &[Effect], now: i64) -> Result<bool, StoreError> {
+/// `details` are the events' details, rendered, in the order of the events.
+pub(super) fn write<C: Conn>(
+    tx: &mut C,
+    effects: &[Effect],
+    details: &[String],
+    now: i64,
+) -> Result<bool, StoreError> {
     let mut notified = false;
     let mut events = Vec::new();
+    let mut details = details.iter();
     for e in effects {
         match e {
             Effect::Offer {
@@ -91,10 +98,13 @@ pub(super) fn write<C: Conn>(tx: &mut C, effects: &[Effect], now: i64) -> Result
                 )?;
             }
             Effect::Event {
-                inquiry_id,
-                kind,
-                detail,
-            } => events.push((*inquiry_id, *kind, detail.to_string())),
+                inquiry_id, kind, ..
+            } => {
+                let detail = details.next().ok_or_else(|| {
+                    StoreError::Corrupt("a routing event without its detail".into())
+                })?;
+                events.push((*inquiry_id, *kind, detail));
+            }
             Effect::Notify {
                 inquiry_id,
                 associate,
