@@ -25,7 +25,10 @@
 //! round (5), `INTAKE_CONNECTIONS` (64), `INTAKE_WARMUP_SECS` (1),
 //! `INTAKE_SETTLE_SECS` (60: the longest wait for the daemon's outbox to
 //! drain before a measurement), `SWITCHBOARD_BENCH_BIN` (another daemon
-//! binary, for before/after runs).
+//! binary, for before/after runs), `INTAKE_STORE` (1; 0 skips the last
+//! phase, which commits the same intakes through `Store::intake` in this
+//! process, without HTTP, rules, routing or acknowledgements, to show how
+//! much of the daemon's time its store takes).
 
 mod support;
 
@@ -72,6 +75,8 @@ struct Knobs {
     connections: usize,
     warmup: Duration,
     settle_limit: Duration,
+    /// Also measure the store alone, in this process (`INTAKE_STORE`, 1).
+    store_phase: bool,
 }
 
 impl Knobs {
@@ -82,6 +87,7 @@ impl Knobs {
             connections: env_var("INTAKE_CONNECTIONS", 64usize).max(1),
             warmup: Duration::from_secs_f64(env_var("INTAKE_WARMUP_SECS", 1.0)),
             settle_limit: Duration::from_secs_f64(env_var("INTAKE_SETTLE_SECS", 60.0)),
+            store_phase: env_var("INTAKE_STORE", 1u8) != 0,
         }
     }
 }
@@ -309,6 +315,9 @@ fn bench(knobs: Knobs) -> anyhow::Result<()> {
         results.push((bare_m, daemon_m));
     }
     print_summary(&results);
+    if knobs.store_phase {
+        store_alone(&knobs, dir.path(), &results)?;
+    }
 
     // After the load: does the outbox catch up, and what did the store do?
     let (waited, backlog, drained) = rig
@@ -431,4 +440,158 @@ async fn count_rows(db: &Path) -> anyhow::Result<(i64, i64)> {
         .fetch_one(&mut conn)
         .await?;
     Ok((inquiries, messages))
+}
+
+// ---------------------------------------------------------------------------
+// The store alone
+// ---------------------------------------------------------------------------
+
+/// Where the daemon's time goes, coarsely: the same intakes committed
+/// through `Store::intake` in this process (its own store, two runtime
+/// workers like the daemon's), with no HTTP, rules, routing or
+/// acknowledgement delivery. Closed loop, `connections` tasks.
+fn store_alone(
+    knobs: &Knobs,
+    dir: &Path,
+    results: &[(Measurement, Measurement)],
+) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("store-alone")
+        .enable_all()
+        .build()?;
+    let config = switchboard::config::StoreConfig {
+        url: format!("sqlite://{}", dir.join("alone.sqlite").display()),
+        ..switchboard::config::StoreConfig::default()
+    };
+    let store = runtime.block_on(switchboard::store::Store::open(&config))?;
+    println!();
+    println!(
+        "store alone: Store::intake in this process from {} tasks (inquiry, message, events, outbox entry; \
+         no HTTP, rules, routing or acknowledgements)",
+        knobs.connections
+    );
+    let mut rates = Vec::new();
+    for round in 1..=knobs.rounds {
+        let before = thread_cpu();
+        let (mut latencies_us, wall) =
+            runtime.block_on(store_load(&store, knobs.connections, knobs.duration, round));
+        let after = thread_cpu();
+        latencies_us.sort_unstable();
+        let n = latencies_us.len().max(1) as f64;
+        let per = |name: &str| {
+            let used =
+                after.get(name).copied().unwrap_or(0.0) - before.get(name).copied().unwrap_or(0.0);
+            used * 1e6 / n
+        };
+        let rate = n / wall.as_secs_f64();
+        rates.push(rate);
+        println!(
+            "round {round}  store   {rate:>8.0} intakes/s  p50 {:>6.2} ms  p99 {:>6.2} ms; \
+             CPU per intake: writer {:.0} µs, syncer {:.0} µs, runtime {:.0} µs",
+            percentile_ms(&latencies_us, 0.50),
+            percentile_ms(&latencies_us, 0.99),
+            per("switchboard-wri"),
+            per("switchboard-syn"),
+            per("store-alone"),
+        );
+    }
+    rates.sort_by(f64::total_cmp);
+    let store_median = rates[rates.len() / 2];
+    let mut daemon: Vec<f64> = results.iter().map(|r| r.1.rps).collect();
+    daemon.sort_by(f64::total_cmp);
+    println!(
+        "  store alone {store_median:.0} intakes/s (median); the daemon reached {:.0} % of it",
+        100.0 * daemon[daemon.len() / 2] / store_median
+    );
+    runtime.block_on(store.close());
+    Ok(())
+}
+
+async fn store_load(
+    store: &std::sync::Arc<switchboard::store::Store>,
+    tasks: usize,
+    duration: Duration,
+    round: usize,
+) -> (Vec<u32>, Duration) {
+    let start = std::time::Instant::now();
+    let deadline = start + duration;
+    let mut set = tokio::task::JoinSet::new();
+    for c in 0..tasks {
+        let store = store.clone();
+        set.spawn(async move {
+            let mut latencies = Vec::new();
+            for seq in 0u64.. {
+                let t = std::time::Instant::now();
+                if t >= deadline {
+                    break;
+                }
+                store
+                    .intake(bench_intake(round, c, seq))
+                    .await
+                    .expect("the store commits");
+                latencies.push(t.elapsed().as_micros() as u32);
+            }
+            latencies
+        });
+    }
+    let mut all = Vec::new();
+    while let Some(done) = set.join_next().await {
+        all.extend(done.expect("a load task finishes"));
+    }
+    (all, start.elapsed())
+}
+
+/// What the generic channel makes of the load generator's webhook.
+fn bench_intake(round: usize, connection: usize, seq: u64) -> switchboard::store::Intake {
+    use switchboard::inquiry::{Adapter, ChannelId, Customer, Medium, NewMessage, ThreadHints};
+    switchboard::store::Intake {
+        message: NewMessage {
+            channel: ChannelId::new(Adapter::Generic, "bench"),
+            medium: Medium::Generic,
+            provider_id: format!("alone-{round}-{connection}-{seq}"),
+            customer: Customer {
+                name: Some(format!("Bench Customer {connection}")),
+                ..Customer::default()
+            },
+            customer_key: None,
+            subject: None,
+            text: format!(
+                "Hello, my order {seq} has not arrived yet. Could you check where it is?"
+            ),
+            language: None,
+            thread: ThreadHints::default(),
+            attachments: Vec::new(),
+            metadata: serde_json::json!({}),
+            reply_context: serde_json::Value::Null,
+            no_ack_reason: None,
+            received_at: chrono::Utc::now(),
+        },
+        ack: switchboard::store::AckPlan::Send {
+            template: "ack".into(),
+            language: "en".into(),
+        },
+        classification: switchboard::store::Classified::default(),
+        reopen_window: Duration::ZERO,
+    }
+}
+
+/// CPU seconds of this process's threads, summed by thread name.
+fn thread_cpu() -> std::collections::HashMap<String, f64> {
+    let mut by_name = std::collections::HashMap::new();
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return by_name;
+    };
+    for task in tasks.flatten() {
+        let path = task.path();
+        let (Ok(comm), Some(cpu)) = (
+            std::fs::read_to_string(path.join("comm")),
+            path.file_name()
+                .and_then(|tid| cpu_seconds(&format!("self/task/{}", tid.to_string_lossy()))),
+        ) else {
+            continue;
+        };
+        *by_name.entry(comm.trim().to_owned()).or_insert(0.0) += cpu;
+    }
+    by_name
 }

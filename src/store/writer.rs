@@ -1213,40 +1213,13 @@ pub(super) fn insert_events<C: Conn, D: Param>(
     events: &[(i64, &'static str, D)],
     now: i64,
 ) -> Result<(), StoreError> {
-    // Several rows per statement: each statement run costs about as much
-    // as the rows it inserts, and a batch writes five events an inquiry.
-    for chunk in events.chunks(EVENT_ROWS) {
-        let mut params: Vec<&dyn Param> = Vec::with_capacity(1 + 3 * chunk.len());
-        params.push(&now);
-        for (id, kind, detail) in chunk {
-            params.extend([id as &dyn Param, kind, detail]);
-        }
-        tx.exec(insert_events_sql(chunk.len()), &params)?;
+    for (id, kind, detail) in events {
+        tx.exec(
+            "INSERT INTO inquiry_events (inquiry_id, at, kind, detail) VALUES ($1, $2, $3, $4)",
+            &[id, &now, kind, detail],
+        )?;
     }
     Ok(())
-}
-
-/// The most events one statement inserts.
-const EVENT_ROWS: usize = 16;
-
-/// `INSERT INTO inquiry_events` for `rows` rows (1..=[`EVENT_ROWS`]):
-/// `$1` is the time they share, then three parameters a row.
-fn insert_events_sql(rows: usize) -> &'static str {
-    static TEXTS: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
-    let texts = TEXTS.get_or_init(|| {
-        (1..=EVENT_ROWS)
-            .map(|n| {
-                let values: Vec<String> = (0..n)
-                    .map(|r| format!("(${}, $1, ${}, ${})", 3 * r + 2, 3 * r + 3, 3 * r + 4))
-                    .collect();
-                format!(
-                    "INSERT INTO inquiry_events (inquiry_id, at, kind, detail) VALUES {}",
-                    values.join(", ")
-                )
-            })
-            .collect()
-    });
-    &texts[rows - 1]
 }
 
 fn write_deliveries<C: Conn>(
@@ -1485,50 +1458,4 @@ fn due_outbox<C: Conn>(
             Ok(entry)
         })
         .collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Events go in several rows a statement; across a chunk boundary they
-    /// must keep their order (the event log reads by id) and their fields.
-    #[test]
-    fn events_written_many_a_statement_keep_their_order() {
-        let conn = Connection::open_in_memory().unwrap();
-        conn.execute_batch(
-            "CREATE TABLE inquiry_events (id INTEGER PRIMARY KEY, inquiry_id INTEGER, at INTEGER, \
-             kind TEXT, detail TEXT)",
-        )
-        .unwrap();
-        let mut texts = HashMap::new();
-        let mut lite = Lite {
-            conn: &conn,
-            texts: &mut texts,
-        };
-        let kinds = ["received", "classified", "ack_queued"];
-        let events: Vec<(i64, &'static str, String)> = (0..EVENT_ROWS as i64 * 2 + 3)
-            .map(|i| (i / 3, kinds[i as usize % 3], format!("{{\"n\":{i}}}")))
-            .collect();
-        insert_events(&mut lite, &events, 42).unwrap();
-        let mut stmt = conn
-            .prepare("SELECT inquiry_id, at, kind, detail FROM inquiry_events ORDER BY id")
-            .unwrap();
-        let rows: Vec<(i64, i64, String, String)> = stmt
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
-            .unwrap()
-            .map(Result::unwrap)
-            .collect();
-        let expected: Vec<(i64, i64, String, String)> = events
-            .iter()
-            .map(|(id, kind, detail)| (*id, 42, kind.to_string(), detail.clone()))
-            .collect();
-        assert_eq!(rows, expected);
-        assert!(insert_events_sql(EVENT_ROWS).ends_with(&format!(
-            "(${}, $1, ${}, ${})",
-            3 * EVENT_ROWS - 1,
-            3 * EVENT_ROWS,
-            3 * EVENT_ROWS + 1
-        )));
-    }
 }
