@@ -120,6 +120,29 @@ async fn client_errors_are_not_retried() {
 }
 
 #[tokio::test]
+async fn redirects_are_not_followed() {
+    // 307 keeps the method and body: a client following it would POST the
+    // signed acknowledgement again, to wherever Location points (here, the
+    // same endpoint, which would then accept it).
+    let replies = ReplyServer::start(&[307]).await;
+    let setup = Setup::new(Some(&replies.url));
+    let daemon = setup.start();
+    let client = http();
+    let (_, answer) =
+        post_webhook(&client, &daemon, "shop", &json!({"id": "d1", "text": "x"})).await;
+    let reference = answer["inquiry"].as_str().unwrap();
+    let detail = detail_when(&client, &daemon, reference, "delivery_failed").await;
+    assert_eq!(detail["outbox"][0]["status"], "failed");
+    let error = detail["outbox"][0]["last_error"].as_str().unwrap();
+    assert!(
+        error.contains("307") && error.contains("redirects are not followed"),
+        "{error}"
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(replies.received().len(), 1);
+}
+
+#[tokio::test]
 async fn gives_up_after_max_attempts_when_the_endpoint_is_down() {
     // Nothing listens on this port: connection refused every time.
     let port = {

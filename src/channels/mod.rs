@@ -284,6 +284,13 @@ pub(crate) fn classify_response(
     if status.is_success() {
         return Ok(());
     }
+    if status.is_redirection() {
+        // Not followed (see the dispatcher's client). The target is not
+        // echoed: it may carry a token.
+        return Err(DeliveryError::Permanent(format!(
+            "endpoint answered {status}; redirects are not followed, so configure the address it redirects to"
+        )));
+    }
     let reason = format!("endpoint answered {status}");
     if status == reqwest::StatusCode::TOO_MANY_REQUESTS {
         let after = retry_after
@@ -329,6 +336,10 @@ mod tests {
         assert!(matches!(
             classify_response(StatusCode::NOT_FOUND, None),
             Err(DeliveryError::Permanent(_))
+        ));
+        assert!(matches!(
+            classify_response(StatusCode::PERMANENT_REDIRECT, None),
+            Err(DeliveryError::Permanent(reason)) if reason.contains("redirects are not followed")
         ));
         let h = reqwest::header::HeaderValue::from_static("7");
         match classify_response(StatusCode::TOO_MANY_REQUESTS, Some(&h)) {

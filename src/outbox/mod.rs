@@ -77,6 +77,11 @@ impl Dispatcher {
         let http = reqwest::Client::builder()
             .user_agent(concat!("switchboard/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(Duration::from_secs(5))
+            // A redirected POST would be re-sent as a GET without its body
+            // (301/302/303) and still count as delivered, or re-sent with
+            // its signature to whatever host the answer names (307/308).
+            // A 3xx is a delivery error instead (`classify_response`).
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .expect("the HTTP client builds with static settings");
         Dispatcher {

@@ -359,7 +359,7 @@ async fn receive(
     State(state): State<Arc<Mutex<ReplyState>>>,
     headers: HeaderMap,
     body: axum::body::Bytes,
-) -> StatusCode {
+) -> axum::response::Response {
     let signature_ok = headers
         .get("x-switchboard-signature")
         .and_then(|v| v.to_str().ok())
@@ -376,7 +376,13 @@ async fn receive(
         body: serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null),
         signature_ok,
     });
-    StatusCode::from_u16(state.script.pop_front().unwrap_or(200)).unwrap()
+    use axum::response::IntoResponse;
+    let status = StatusCode::from_u16(state.script.pop_front().unwrap_or(200)).unwrap();
+    // A redirect names this same endpoint: a client that follows it comes back here.
+    if status.is_redirection() {
+        return (status, [(axum::http::header::LOCATION, "/replies")]).into_response();
+    }
+    status.into_response()
 }
 
 /// Event kinds of an inquiry, in order.
