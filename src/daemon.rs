@@ -19,7 +19,7 @@ use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 
-use crate::api::{self, AppState};
+use crate::api::{self, AppState, Shared};
 use crate::channels::imap::loops::AckGuard;
 use crate::channels::imap::mailbox::MailboxTask;
 use crate::config::{ConfigError, Settings};
@@ -80,14 +80,14 @@ pub async fn run(config_path: &Path) -> Result<(), DaemonError> {
         )
         .await?
     };
-    let state = AppState {
+    let state = AppState::new(Shared {
         settings: settings.clone(),
         store: store.clone(),
         pipeline: Pipeline::new(store.clone(), settings.clone(), Some(router.clone())),
         router: router.clone(),
         metrics: crate::metrics::install(),
         ready: Arc::new(AtomicBool::new(true)),
-    };
+    });
     let shutdown = CancellationToken::new();
     let dispatcher_stop = CancellationToken::new();
     let dispatcher =

@@ -30,9 +30,28 @@ use crate::pipeline::Pipeline;
 
 use crate::store::{Store, StoreError};
 
-/// What every handler can reach.
+/// What every handler can reach. One `Arc`: axum clones the state for
+/// each request several times (router, middleware, extractor), and cloning
+/// the parts one by one cost a dozen contended atomic updates each time.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+impl AppState {
+    pub fn new(shared: Shared) -> Self {
+        AppState(Arc::new(shared))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+/// The parts of [`AppState`].
+pub struct Shared {
     pub settings: Arc<ArcSwap<Settings>>,
     pub store: Arc<Store>,
     pub pipeline: Pipeline,
