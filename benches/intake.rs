@@ -399,17 +399,20 @@ fn bench(knobs: Knobs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The median of `v` (the mean of the middle two for an even count).
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
 fn print_summary(results: &[(Measurement, Measurement)]) {
-    let median = |f: &dyn Fn(&(Measurement, Measurement)) -> f64| {
-        let mut v: Vec<f64> = results.iter().map(f).collect();
-        v.sort_by(f64::total_cmp);
-        let n = v.len();
-        if n % 2 == 1 {
-            v[n / 2]
-        } else {
-            (v[n / 2 - 1] + v[n / 2]) / 2.0
-        }
-    };
+    let median =
+        |f: &dyn Fn(&(Measurement, Measurement)) -> f64| median(results.iter().map(f).collect());
     println!("summary (median of {} rounds)", results.len());
     println!(
         "  bare    {:>8.0} req/s  p50 {:>6.2} ms  p99 {:>6.2} ms",
@@ -496,13 +499,10 @@ fn store_alone(
             per("store-alone"),
         );
     }
-    rates.sort_by(f64::total_cmp);
-    let store_median = rates[rates.len() / 2];
-    let mut daemon: Vec<f64> = results.iter().map(|r| r.1.rps).collect();
-    daemon.sort_by(f64::total_cmp);
+    let store_median = median(rates);
     println!(
         "  store alone {store_median:.0} intakes/s (median); the daemon reached {:.0} % of it",
-        100.0 * daemon[daemon.len() / 2] / store_median
+        100.0 * median(results.iter().map(|r| r.1.rps).collect()) / store_median
     );
     runtime.block_on(store.close());
     Ok(())
@@ -556,9 +556,7 @@ fn bench_intake(round: usize, connection: usize, seq: u64) -> switchboard::store
             },
             customer_key: None,
             subject: None,
-            text: format!(
-                "Hello, my order {seq} has not arrived yet. Could you check where it is?"
-            ),
+            text: support::message_text(seq),
             language: None,
             thread: ThreadHints::default(),
             attachments: Vec::new(),

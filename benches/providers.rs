@@ -367,8 +367,7 @@ fn start_sink() -> anyhow::Result<(u16, Arc<AtomicU64>)> {
 /// Builds one signed request of the given kind. `unique` makes the
 /// provider id and the customer unique in the run.
 fn build(host: &HeaderValue, kind: usize, prefix: &str, unique: u64) -> Request<Full<Bytes>> {
-    let text =
-        format!("Hello, my order {unique} has not arrived yet. Could you check where it is?");
+    let text = support::message_text(unique);
     // A unique 10-digit subscriber number per request: a new customer each time.
     let phone = format!("1{:010}", unique % 10_000_000_000);
     let (path, content_type, body, headers): (&str, &str, String, Vec<(&str, String)>) = match kind

@@ -368,8 +368,9 @@ impl RequestFactory {
 impl Requests for RequestFactory {
     fn build(&self, host: &HeaderValue, connection: usize, seq: u64) -> Request<Full<Bytes>> {
         let id = format!("{}-{connection}-{seq}", self.id_prefix);
+        let text = message_text(seq);
         let body = format!(
-            r#"{{"id":"{id}","from":{{"name":"Bench Customer {connection}"}},"text":"Hello, my order {seq} has not arrived yet. Could you check where it is?"}}"#
+            r#"{{"id":"{id}","from":{{"name":"Bench Customer {connection}"}},"text":"{text}"}}"#
         );
         let mut mac = self.mac.clone();
         mac.update(body.as_bytes());
@@ -624,6 +625,11 @@ pub async fn settle(addr: SocketAddr, limit: Duration) -> anyhow::Result<(Durati
 
 /// CPU time (user + system, all threads) a process has used so far, from
 /// `/proc/<pid>/stat`. `None` off Linux or once the process is gone.
+/// The customer's text of the `n`-th bench message (plain: no JSON escaping needed).
+pub fn message_text(n: u64) -> String {
+    format!("Hello, my order {n} has not arrived yet. Could you check where it is?")
+}
+
 /// Bytes `pid` has caused to be written to storage (`write_bytes` in
 /// `/proc/<pid>/io`: page-cache writeback, so the WAL and checkpoints).
 pub fn disk_write_bytes(pid: &str) -> Option<u64> {
