@@ -41,8 +41,8 @@ use axum::http::StatusCode;
 
 use support::{
     DaemonMetrics, LoadStats, OPS_TOKEN, cpu_seconds, disk_write_bytes, env_var, free_port,
-    http_get, log_tail, percentile_ms, run_load, settle, sink_count, spawn_daemon, spawn_helper,
-    wait_ready, write_daemon_config,
+    http_get, log_tail, median, percentile_ms, run_load, settle, sink_count, spawn_daemon,
+    spawn_helper, wait_ready, write_daemon_config,
 };
 
 fn main() -> anyhow::Result<()> {
@@ -397,17 +397,6 @@ fn bench(knobs: Knobs) -> anyhow::Result<()> {
     }
     // `bare` and `sink` are killed by their guards from here on.
     Ok(())
-}
-
-/// The median of `v` (the mean of the middle two for an even count).
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
 }
 
 fn print_summary(results: &[(Measurement, Measurement)]) {

@@ -250,14 +250,7 @@ struct Measurement {
 
 fn summary(results: &[(Measurement, Measurement)]) {
     let median = |f: &dyn Fn(&(Measurement, Measurement)) -> f64| {
-        let mut v: Vec<f64> = results.iter().map(f).collect();
-        v.sort_by(f64::total_cmp);
-        let n = v.len();
-        if n % 2 == 1 {
-            v[n / 2]
-        } else {
-            (v[n / 2 - 1] + v[n / 2]) / 2.0
-        }
+        support::median(results.iter().map(f).collect())
     };
     println!("summary (median of {} rounds)", results.len());
     println!(

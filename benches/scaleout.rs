@@ -40,8 +40,9 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 
 use support::{
-    ChildGuard, DaemonMetrics, LoadStats, cpu_seconds, env_var, free_port, log_tail, percentile_ms,
-    run_load, settle, sink_count, spawn_daemon, spawn_helper, wait_ready, write_daemon_config,
+    ChildGuard, DaemonMetrics, LoadStats, cpu_seconds, env_var, free_port, log_tail, median,
+    percentile_ms, run_load, settle, sink_count, spawn_daemon, spawn_helper, wait_ready,
+    write_daemon_config,
 };
 
 fn main() -> anyhow::Result<()> {
@@ -683,16 +684,6 @@ fn bench(knobs: Knobs) -> anyhow::Result<()> {
         bail!("durability check failed");
     }
     Ok(())
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
 }
 
 /// Per-round and median figures as a Markdown table (for BENCHMARKS.md).

@@ -625,6 +625,17 @@ pub async fn settle(addr: SocketAddr, limit: Duration) -> anyhow::Result<(Durati
 
 /// CPU time (user + system, all threads) a process has used so far, from
 /// `/proc/<pid>/stat`. `None` off Linux or once the process is gone.
+/// The median of `v` (the mean of the middle two for an even count).
+pub fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
 /// The customer's text of the `n`-th bench message (plain: no JSON escaping needed).
 pub fn message_text(n: u64) -> String {
     format!("Hello, my order {n} has not arrived yet. Could you check where it is?")
