@@ -102,7 +102,9 @@ impl PgServer {
             .rsplit_once('/')
             .context("admin URL without a database")?
             .0;
-        Ok(format!("{base}/{name}"))
+        // Plain text, as in the results before the test server offered TLS
+        // (session 7), so the figures stay comparable.
+        Ok(format!("{base}/{name}?sslmode=disable"))
     }
 
     /// CPU seconds used so far by each process of the server (postmaster

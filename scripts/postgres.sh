@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # A real PostgreSQL for the tests and benchmarks: one cluster in a folder,
 # listening on 127.0.0.1 only, trust authentication for the local user
-# `switchboard`, nothing system-wide.
+# `switchboard`, nothing system-wide. The server offers TLS with the test
+# certificate in tests/fixtures/pg-tls (127.0.0.1 and localhost, signed by
+# its ca.crt), so URLs without `sslmode` (prefer) are encrypted too.
 #
 #   scripts/postgres.sh start DIR PORT   # prints the admin URL on stdout
 #   scripts/postgres.sh stop DIR
@@ -50,12 +52,20 @@ start)
     if [ "$(id -u)" = 0 ]; then chown postgres "$dir"; fi
     as_owner "$bin/initdb" -D "$dir/data" -U switchboard -A trust -E UTF8 --no-locale >"$dir/initdb.log" 2>&1 \
         || { cat "$dir/initdb.log" >&2; die "initdb failed"; }
+    # The server refuses a key others can read.
+    fixtures=$(cd "$(dirname "$0")/../tests/fixtures/pg-tls" && pwd)
+    install -m 644 "$fixtures/server.crt" "$dir/data/server.crt"
+    install -m 600 "$fixtures/server.key" "$dir/data/server.key"
+    if [ "$(id -u)" = 0 ]; then chown postgres "$dir/data/server.crt" "$dir/data/server.key"; fi
     # Durable commits as in production; more connections for several instances.
     cat >>"$dir/data/postgresql.conf" <<CONF
 fsync = on
 synchronous_commit = on
 max_connections = 200
 shared_buffers = 128MB
+ssl = on
+ssl_cert_file = 'server.crt'
+ssl_key_file = 'server.key'
 CONF
     start
     echo "postgres://switchboard@127.0.0.1:$port/postgres"

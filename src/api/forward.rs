@@ -79,8 +79,11 @@ fn is_ops(state: &AppState, request: &Request) -> bool {
 fn client() -> &'static reqwest::Client {
     static CLIENT: OnceLock<reqwest::Client> = OnceLock::new();
     CLIENT.get_or_init(|| {
+        // A redirect is never followed: it would re-send the caller's bearer
+        // token to wherever `Location` points, or turn a POST into a GET.
         reqwest::Client::builder()
             .timeout(TIMEOUT)
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .expect("a default HTTP client builds")
     })
@@ -92,6 +95,11 @@ enum ForwardError {
     Body(axum::Error),
     #[error(transparent)]
     Http(#[from] reqwest::Error),
+    #[error(
+        "the leader answered {0}; redirects are not followed, so set cluster.advertise_url \
+         to the address the leader serves its API on"
+    )]
+    Redirect(reqwest::StatusCode),
 }
 
 async fn forward(leader: &str, request: Request, limit: usize) -> Result<Response, ForwardError> {
@@ -118,6 +126,9 @@ async fn forward(leader: &str, request: Request, limit: usize) -> Result<Respons
     }
     let answer = out.send().await?;
     let status = answer.status();
+    if status.is_redirection() {
+        return Err(ForwardError::Redirect(status));
+    }
     let content_type = answer.headers().get(header::CONTENT_TYPE).cloned();
     let bytes = answer.bytes().await?;
     let mut response = Response::new(Body::from(bytes));
@@ -138,4 +149,61 @@ fn unavailable(message: &str) -> Response {
         .headers_mut()
         .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A leader address that answers with a redirect, as a proxy in front
+    /// of the wrong port might.
+    async fn redirecting_server(
+        status: u16,
+    ) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let hits = std::sync::Arc::new(AtomicUsize::new(0));
+        let counted = hits.clone();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let target = format!("{url}/elsewhere");
+        let app = axum::Router::new().fallback(move |request: Request| {
+            let target = target.clone();
+            let counted = counted.clone();
+            async move {
+                counted.fetch_add(1, Ordering::SeqCst);
+                if request.uri().path() == "/elsewhere" {
+                    return StatusCode::OK.into_response();
+                }
+                let mut response = StatusCode::from_u16(status).unwrap().into_response();
+                response
+                    .headers_mut()
+                    .insert(header::LOCATION, HeaderValue::from_str(&target).unwrap());
+                response
+            }
+        });
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        (url, hits)
+    }
+
+    #[tokio::test]
+    async fn a_redirecting_leader_is_an_error_not_followed() {
+        for status in [302, 307] {
+            let (leader, hits) = redirecting_server(status).await;
+            let request = Request::builder()
+                .method(Method::POST)
+                .uri("/api/v1/inquiries/INQ-AAAAAA/accept")
+                .header(header::AUTHORIZATION, "Bearer associate-token")
+                .body(Body::empty())
+                .unwrap();
+            let err = forward(&leader, request, 1024).await.unwrap_err();
+            let text = err.to_string();
+            assert!(text.contains(&status.to_string()), "{text}");
+            assert!(text.contains("cluster.advertise_url"), "{text}");
+            assert_eq!(
+                hits.load(std::sync::atomic::Ordering::SeqCst),
+                1,
+                "only the leader was asked; the redirect was not followed"
+            );
+        }
+    }
 }

@@ -451,21 +451,20 @@ impl Settings {
         if raw.store.is_postgres() {
             // Parsed here so a typo is caught by `check`, never echoed: the
             // URL may carry a password.
-            if let Some(mode) = postgres_tls_request(&raw.store.url) {
-                problem(
-                    "store.url",
-                    format!(
-                        "sslmode={mode} asks for TLS to PostgreSQL, which switchboard does not \
-                         support yet: use sslmode=disable on a trusted network, or reach the \
-                         server through a local TLS tunnel (e.g. stunnel)"
-                    ),
-                );
-            } else if raw.store.url.parse::<postgres::Config>().is_err() {
-                problem(
-                    "store.url",
-                    "not a valid postgres:// URL (expected postgres://user:password@host:port/database)"
-                        .into(),
-                );
+            match crate::store::pg_tls::PgTls::from_url(&raw.store.url) {
+                Err(e) => problem("store.url", e.to_string()),
+                Ok((writer_url, tls)) => {
+                    if writer_url.parse::<postgres::Config>().is_err() {
+                        problem(
+                            "store.url",
+                            "not a valid postgres:// URL (expected postgres://user:password@host:port/database)"
+                                .into(),
+                        );
+                    }
+                    if let Err(e) = tls.root_certificates() {
+                        problem("store.url", e.to_string());
+                    }
+                }
             }
         } else if !raw.store.url.starts_with("sqlite:") {
             problem(
@@ -794,20 +793,6 @@ fn describe_config_error(e: config::ConfigError) -> String {
     }
 }
 
-/// The `sslmode` of a PostgreSQL URL when it demands TLS (`require`,
-/// `verify-ca`, `verify-full`): neither connection of the store has a TLS
-/// connector yet, and the drivers' own errors for this are confusing
-/// (`verify-*` is not even parsed by the writer's driver). `prefer`
-/// connects in plain text, as libpq does when TLS is not offered.
-fn postgres_tls_request(url: &str) -> Option<String> {
-    let query = url.split_once('?')?.1;
-    query.split('&').find_map(|pair| {
-        let (key, value) = pair.split_once('=')?;
-        (key == "sslmode" && matches!(value, "require" | "verify-ca" | "verify-full"))
-            .then(|| value.to_owned())
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -868,31 +853,49 @@ mod tests {
     }
 
     #[test]
-    fn postgres_tls_is_refused_with_a_clear_reason() {
+    fn postgres_tls_settings_are_checked_without_echoing_the_url() {
         let dir = tempfile::tempdir().unwrap();
-        for mode in ["require", "verify-full"] {
+        let ca = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/pg-tls/ca.crt");
+        let load = |query: &str| {
             let path = write_config(
                 dir.path(),
-                &format!(
-                    "[store]\nurl = \"postgres://sb:s3cret@db.example:5432/sb?sslmode={mode}\"\n"
-                ),
+                &format!("[store]\nurl = \"postgres://sb:s3cret@db.example:5432/sb?{query}\"\n"),
             );
-            let err = Settings::load(&path).unwrap_err();
-            assert_eq!(err.problems[0].key, "store.url");
+            Settings::load(&path)
+        };
+        for query in [
+            "sslmode=disable".to_owned(),
+            "sslmode=prefer".to_owned(),
+            "sslmode=require".to_owned(),
+            format!("sslmode=verify-ca&sslrootcert={}", ca.display()),
+            format!("sslmode=verify-full&sslrootcert={}", ca.display()),
+            "sslmode=verify-full".to_owned(),
+        ] {
+            assert!(load(&query).is_ok(), "{query}");
+        }
+        for (query, reason) in [
+            ("sslmode=on", "sslmode=on is not one of"),
+            (
+                "sslmode=verify-full&sslrootcert=/nonexistent/ca.pem",
+                "cannot read /nonexistent/ca.pem",
+            ),
+            (
+                "sslmode=require&sslrootcert=/etc/ca.pem",
+                "no effect with sslmode=require",
+            ),
+            (
+                "sslmode=verify-full&sslcert=/etc/client.pem",
+                "sslcert (a client certificate)",
+            ),
+        ] {
+            let err = load(query).unwrap_err();
+            assert_eq!(err.problems[0].key, "store.url", "{query}");
             let text = err.to_string();
-            assert!(text.contains(&format!("sslmode={mode}")), "{text}");
-            assert!(text.contains("does not support yet"), "{text}");
+            assert!(text.contains(reason), "{query}: {text}");
             assert!(
                 !text.contains("s3cret"),
                 "the password is never echoed: {text}"
             );
-        }
-        for mode in ["disable", "prefer"] {
-            let path = write_config(
-                dir.path(),
-                &format!("[store]\nurl = \"postgres://sb@db.example/sb?sslmode={mode}\"\n"),
-            );
-            assert!(Settings::load(&path).is_ok(), "sslmode={mode}");
         }
     }
 

@@ -10,6 +10,7 @@
 
 pub mod cluster;
 pub mod lease;
+pub mod pg_tls;
 mod postgres;
 mod reads;
 mod routing;
@@ -64,6 +65,8 @@ pub enum StoreError {
     },
     #[error("store.url is neither a sqlite:// nor a postgres:// URL (it starts with `{0}`)")]
     BadUrl(String),
+    #[error("store.url: {0}")]
+    Tls(#[from] pg_tls::PgTlsError),
     #[error("the store is shutting down")]
     Closed,
     #[error("cannot start the store writer: {0}")]
@@ -306,11 +309,14 @@ impl Store {
         config: &StoreConfig,
         instance: String,
     ) -> Result<Arc<Store>, StoreError> {
-        let mut pg: ::postgres::Config = config
-            .url
+        // The read pool (sqlx) reads the TLS parameters from the URL itself;
+        // the writer's driver gets them taken out and its own connector.
+        let (writer_url, tls) = pg_tls::PgTls::from_url(&config.url)?;
+        let mut pg: ::postgres::Config = writer_url
             .parse()
             .map_err(|_| StoreError::BadUrl("postgres:".into()))?;
         pg.connect_timeout(config.connect_timeout);
+        let tls_connector = tls.connector()?;
         let timeout_ms = config.statement_timeout.as_millis();
         let pool = AnyPoolOptions::new()
             .max_connections(config.pool_size.max(1))
@@ -333,6 +339,7 @@ impl Store {
         let in_flight = Arc::new(Mutex::new(HashSet::new()));
         let target = postgres::PgTarget {
             config: pg,
+            tls: tls_connector,
             instance: instance.clone(),
             statement_timeout: config.statement_timeout,
             claim_lease: config.claim_lease,
@@ -345,7 +352,7 @@ impl Store {
             outbox_wake.clone(),
             in_flight.clone(),
         )?;
-        tracing::info!(instance = %instance, "store: shared PostgreSQL database");
+        tracing::info!(instance = %instance, sslmode = ?tls.mode, "store: shared PostgreSQL database");
         Ok(Arc::new(Store {
             pool,
             shared: Some(Shared { instance }),

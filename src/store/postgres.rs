@@ -18,6 +18,8 @@ use super::writer::Dialect;
 #[derive(Clone)]
 pub(super) struct PgTarget {
     pub config: postgres::Config,
+    /// Used as `sslmode` asks (see `pg_tls`); unused with `disable`.
+    pub tls: tokio_postgres_rustls::MakeRustlsConnect,
     /// This instance's name in leases and outbox claims.
     pub instance: String,
     pub statement_timeout: Duration,
@@ -116,7 +118,7 @@ impl Writer {
 }
 
 fn connect(target: &PgTarget) -> Result<postgres::Client, StoreError> {
-    let mut client = target.config.connect(postgres::NoTls)?;
+    let mut client = target.config.connect(target.tls.clone())?;
     let timeout = target.statement_timeout.as_millis();
     // A SET cannot take a bind parameter; the value is our own number.
     client.batch_execute(&format!(

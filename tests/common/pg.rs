@@ -88,18 +88,23 @@ pub fn create_database(admin_url: &str) -> String {
             .unwrap()
             .subsec_nanos()
     );
-    // psql, not the `postgres` client: tests run inside a tokio runtime,
-    // where the blocking client cannot start its own.
+    psql(admin_url, &format!("CREATE DATABASE {name}"));
+    let base = admin_url.rsplit_once('/').expect("URL with a database").0;
+    format!("{base}/{name}")
+}
+
+/// Runs one SQL statement with psql; returns its unaligned output. psql,
+/// not the `postgres` client: tests run inside a tokio runtime, where the
+/// blocking client cannot start its own.
+pub fn psql(url: &str, sql: &str) -> String {
     let out = Command::new("psql")
-        .args([admin_url, "-v", "ON_ERROR_STOP=1", "-q", "-c"])
-        .arg(format!("CREATE DATABASE {name}"))
+        .args([url, "-v", "ON_ERROR_STOP=1", "-qAt", "-c", sql])
         .output()
         .expect("run psql");
     assert!(
         out.status.success(),
-        "cannot create a test database: {}",
+        "psql failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let base = admin_url.rsplit_once('/').expect("URL with a database").0;
-    format!("{base}/{name}")
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
 }
