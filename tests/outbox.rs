@@ -63,6 +63,40 @@ async fn acknowledgement_is_rendered_signed_and_logged() {
     assert!(!ack.delivery_id.is_empty());
 }
 
+/// Acknowledgements one after the other share one keep-alive connection to
+/// the endpoint, even when it answers with a body larger than one read:
+/// the body is read, so the connection goes back to the pool instead of
+/// being closed (with https, each new one would cost a TLS handshake).
+#[tokio::test]
+async fn acknowledgements_reuse_the_connection() {
+    const COUNT: usize = 12;
+    let replies = ReplyServer::start_padded(&[], 100_000).await;
+    let setup = Setup::new(Some(&replies.url));
+    let daemon = setup.start();
+    let client = http();
+    for i in 0..COUNT {
+        let (s, _) = post_webhook(
+            &client,
+            &daemon,
+            "shop",
+            &json!({"id": format!("reuse-{i}"), "text": "Hi"}),
+        )
+        .await;
+        assert_eq!(s, 202);
+        eventually(Duration::from_secs(10), "the acknowledgement", || async {
+            (replies.received().len() == i + 1).then_some(())
+        })
+        .await;
+    }
+    let peers: std::collections::HashSet<_> = replies.received().iter().map(|d| d.peer).collect();
+    assert_eq!(
+        peers.len(),
+        1,
+        "{COUNT} acknowledgements in turn came over {} connections",
+        peers.len()
+    );
+}
+
 #[tokio::test]
 async fn transient_failures_are_retried_until_success() {
     let replies = ReplyServer::start(&[503, 500]).await;

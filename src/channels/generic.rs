@@ -242,10 +242,12 @@ impl GenericChannel {
             .send()
             .await
             .map_err(|e| classify_transport(&e))?;
-        classify_response(
+        let verdict = classify_response(
             response.status(),
             response.headers().get(reqwest::header::RETRY_AFTER),
-        )?;
+        );
+        super::support::discard_body(response).await;
+        verdict?;
         Ok(Delivered::default())
     }
 }

@@ -214,6 +214,25 @@ pub(crate) async fn send_json(
     Ok((status, headers, json))
 }
 
+/// The most of an answer's body read only to keep its connection.
+const DISCARD_LIMIT: usize = 256 * 1024;
+
+/// Reads a response body we have no use for, up to [`DISCARD_LIMIT`]: hyper
+/// returns a connection to the pool only once its body was read to the
+/// end, and closes it otherwise, so an endpoint answering with more than
+/// one read's worth would cost a new connection (and TLS handshake) per
+/// delivery. A longer body is dropped and its connection closed. The
+/// request's timeout bounds the time spent.
+pub(crate) async fn discard_body(mut response: reqwest::Response) {
+    let mut left = DISCARD_LIMIT;
+    while let Ok(Some(chunk)) = response.chunk().await {
+        match left.checked_sub(chunk.len()) {
+            Some(rest) => left = rest,
+            None => return,
+        }
+    }
+}
+
 /// A short, single-line excerpt of a provider's error text for the event
 /// log (never a message body of ours).
 pub(crate) fn excerpt(text: &str) -> String {

@@ -318,6 +318,8 @@ pub struct Delivery {
     pub delivery_id: String,
     pub body: serde_json::Value,
     pub signature_ok: bool,
+    /// The sender's address: one per TCP connection.
+    pub peer: SocketAddr,
 }
 
 #[derive(Default)]
@@ -325,6 +327,8 @@ struct ReplyState {
     /// Statuses to answer, in order; 200 once exhausted.
     script: VecDeque<u16>,
     received: Vec<Delivery>,
+    /// Bytes of filler in each answer's JSON body.
+    padding: usize,
 }
 
 /// A local reply endpoint that checks each acknowledgement's signature, as
@@ -337,16 +341,29 @@ pub struct ReplyServer {
 
 impl ReplyServer {
     pub async fn start(script: &[u16]) -> ReplyServer {
+        Self::start_padded(script, 0).await
+    }
+
+    /// Like [`ReplyServer::start`], with `padding` bytes of filler in every
+    /// answer's body (more than one read of the sender's buffer).
+    pub async fn start_padded(script: &[u16], padding: usize) -> ReplyServer {
         let state = Arc::new(Mutex::new(ReplyState {
             script: script.iter().copied().collect(),
             received: Vec::new(),
+            padding,
         }));
         let app = axum::Router::new()
             .route("/replies", axum::routing::post(receive))
             .with_state(state.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}/replies", listener.local_addr().unwrap());
-        tokio::spawn(async move { axum::serve(listener, app).await });
+        tokio::spawn(async move {
+            axum::serve(
+                listener,
+                app.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .await
+        });
         ReplyServer { url, state }
     }
 
@@ -357,6 +374,7 @@ impl ReplyServer {
 
 async fn receive(
     State(state): State<Arc<Mutex<ReplyState>>>,
+    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> axum::response::Response {
@@ -375,6 +393,7 @@ async fn receive(
         delivery_id,
         body: serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null),
         signature_ok,
+        peer,
     });
     use axum::response::IntoResponse;
     let status = StatusCode::from_u16(state.script.pop_front().unwrap_or(200)).unwrap();
@@ -382,7 +401,14 @@ async fn receive(
     if status.is_redirection() {
         return (status, [(axum::http::header::LOCATION, "/replies")]).into_response();
     }
-    status.into_response()
+    // With a body, as real endpoints answer: the sender must read it to
+    // keep the connection.
+    let padding = "x".repeat(state.padding);
+    (
+        status,
+        axum::Json(serde_json::json!({ "received": true, "padding": padding })),
+    )
+        .into_response()
 }
 
 /// Event kinds of an inquiry, in order.
