@@ -193,9 +193,14 @@ pub(crate) fn check_rate(value: Option<f64>, problems: &mut Problems) {
     }
 }
 
+/// The longest provider answer read: theirs are a few hundred bytes of
+/// JSON, and a longer one is not buffered whole.
+const ANSWER_LIMIT: usize = 1024 * 1024;
+
 /// Sends a prepared request and returns status, headers and JSON body
-/// (`Null` when the body is not JSON). Transport errors are classified
-/// without echoing the URL, which can carry a token (Telegram).
+/// (`Null` when the body is not JSON, or longer than [`ANSWER_LIMIT`]).
+/// Transport errors are classified without echoing the URL, which can
+/// carry a token (Telegram).
 pub(crate) async fn send_json(
     request: reqwest::RequestBuilder,
 ) -> Result<
@@ -209,9 +214,36 @@ pub(crate) async fn send_json(
     let response = request.send().await.map_err(|e| classify_transport(&e))?;
     let status = response.status();
     let headers = response.headers().clone();
-    let bytes = response.bytes().await.map_err(|e| classify_transport(&e))?;
-    let json = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
+    let json = match read_at_most(response, ANSWER_LIMIT).await {
+        Ok(Some(bytes)) => serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null),
+        Ok(None) => {
+            tracing::warn!(
+                %status,
+                limit = ANSWER_LIMIT,
+                "provider answer too long; not read"
+            );
+            serde_json::Value::Null
+        }
+        Err(e) => return Err(classify_transport(&e)),
+    };
     Ok((status, headers, json))
+}
+
+/// The body, or `None` once it passes `limit` bytes: the rest is left
+/// unread (and the connection closed), so no answer is buffered whole
+/// however long it is. The request's timeout bounds the time spent.
+async fn read_at_most(
+    mut response: reqwest::Response,
+    limit: usize,
+) -> Result<Option<Vec<u8>>, reqwest::Error> {
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await? {
+        if body.len() + chunk.len() > limit {
+            return Ok(None);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(Some(body))
 }
 
 /// The most of an answer's body read only to keep its connection.
@@ -221,16 +253,9 @@ const DISCARD_LIMIT: usize = 256 * 1024;
 /// returns a connection to the pool only once its body was read to the
 /// end, and closes it otherwise, so an endpoint answering with more than
 /// one read's worth would cost a new connection (and TLS handshake) per
-/// delivery. A longer body is dropped and its connection closed. The
-/// request's timeout bounds the time spent.
-pub(crate) async fn discard_body(mut response: reqwest::Response) {
-    let mut left = DISCARD_LIMIT;
-    while let Ok(Some(chunk)) = response.chunk().await {
-        match left.checked_sub(chunk.len()) {
-            Some(rest) => left = rest,
-            None => return,
-        }
-    }
+/// delivery. A longer body is dropped and its connection closed.
+pub(crate) async fn discard_body(response: reqwest::Response) {
+    let _ = read_at_most(response, DISCARD_LIMIT).await;
 }
 
 /// A short, single-line excerpt of a provider's error text for the event
@@ -303,6 +328,33 @@ pub(crate) fn id_field(name: &str, value: Option<&str>) -> Result<String, super:
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A provider answering 200 with a JSON body of about `len` bytes.
+    async fn answering(len: usize) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/", listener.local_addr().unwrap());
+        let body = serde_json::json!({ "ok": true, "padding": "x".repeat(len) }).to_string();
+        let app = axum::Router::new().fallback(move || {
+            let body = body.clone();
+            async move { ([("content-type", "application/json")], body) }
+        });
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        url
+    }
+
+    #[tokio::test]
+    async fn provider_answers_are_read_up_to_a_limit() {
+        let http = reqwest::Client::new();
+        let url = answering(100).await;
+        let (status, _, json) = send_json(http.post(&url)).await.unwrap();
+        assert_eq!(status, 200);
+        assert_eq!(json["ok"], true);
+        // Valid JSON, but longer than anything a provider sends: not buffered.
+        let url = answering(ANSWER_LIMIT + 1).await;
+        let (status, _, json) = send_json(http.post(&url)).await.unwrap();
+        assert_eq!(status, 200);
+        assert_eq!(json, serde_json::Value::Null);
+    }
 
     #[test]
     fn phone_numbers_normalize_to_one_identity() {
