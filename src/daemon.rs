@@ -173,7 +173,7 @@ pub async fn run(config_path: &Path) -> Result<(), DaemonError> {
 /// their HTTP connection tasks were spread over both workers, and every
 /// hand-over between them was a cross-thread wake-up; kept on one thread,
 /// a delivery's futures wake each other locally. Measured (BENCHMARKS.md,
-/// session 7): about 11 % less CPU per inquiry, with intake and
+/// session 7): about 14 % less CPU per inquiry, with intake and
 /// acknowledgements both faster. It is stopped last, after the store: the
 /// connections it opened (a PostgreSQL pool's, too) belong to its runtime.
 struct OwnThread {
