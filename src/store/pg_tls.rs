@@ -84,20 +84,18 @@ impl PgTls {
         let mut kept = Vec::new();
         for pair in query.split('&').filter(|p| !p.is_empty()) {
             let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-            let value = percent_decode(value);
+            // `%XX` escapes: a path may need them.
+            let value = percent_encoding::percent_decode_str(value)
+                .decode_utf8_lossy()
+                .into_owned();
             match key {
                 "sslmode" => {
                     mode = Some(parse_mode(&value)?);
                     mode_text = value;
                 }
                 "sslrootcert" => root_cert = Some(PathBuf::from(value)),
-                "sslcert" | "sslkey" => {
-                    return Err(PgTlsError::ClientCertificate(if key == "sslcert" {
-                        "sslcert"
-                    } else {
-                        "sslkey"
-                    }));
-                }
+                "sslcert" => return Err(PgTlsError::ClientCertificate("sslcert")),
+                "sslkey" => return Err(PgTlsError::ClientCertificate("sslkey")),
                 _ => kept.push(pair),
             }
         }
@@ -127,10 +125,8 @@ impl PgTls {
     /// The rustls configuration the writer connects with.
     pub fn client_config(&self) -> Result<rustls::ClientConfig, PgTlsError> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let verifier: Arc<dyn ServerCertVerifier> = match self.mode {
-            SslMode::Disable | SslMode::Prefer | SslMode::Require => {
-                Arc::new(Unverified(provider.clone()))
-            }
+        let chain = match self.mode {
+            SslMode::Disable | SslMode::Prefer | SslMode::Require => None,
             SslMode::VerifyCa | SslMode::VerifyFull => {
                 let mut roots = rustls::RootCertStore::empty();
                 roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
@@ -139,17 +135,18 @@ impl PgTls {
                         .add(cert)
                         .map_err(|e| PgTlsError::RootCert(format!("unusable certificate: {e}")))?;
                 }
-                let webpki =
+                let verifier =
                     WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
                         .build()
                         .map_err(|e| PgTlsError::RootCert(e.to_string()))?;
-                if self.mode == SslMode::VerifyCa {
-                    Arc::new(AnyName(webpki))
-                } else {
-                    webpki
-                }
+                Some(verifier)
             }
         };
+        let verifier = Arc::new(PgVerifier {
+            provider: provider.clone(),
+            chain,
+            check_name: self.mode == SslMode::VerifyFull,
+        });
         let config = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .map_err(|e| PgTlsError::RootCert(e.to_string()))?
@@ -192,85 +189,19 @@ fn read_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, PgTlsE
     Ok(certs)
 }
 
-/// `%XX` escapes of a URL query value (a path may need them); anything
-/// malformed is kept as written.
-fn percent_decode(value: &str) -> String {
-    let bytes = value.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = |b: u8| (b as char).to_digit(16);
-        match (bytes[i], bytes.get(i + 1), bytes.get(i + 2)) {
-            (b'%', Some(&h), Some(&l)) if hex(h).is_some() && hex(l).is_some() => {
-                out.push((hex(h).unwrap() * 16 + hex(l).unwrap()) as u8);
-                i += 3;
-            }
-            (b, _, _) => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
+/// Checks the server as `sslmode` asks. The handshake's signatures are
+/// always checked, so the peer holds the key of the certificate it sent;
+/// the chain only with `verify-ca` and `verify-full` (`require` accepts any
+/// certificate, as in libpq and sqlx); the name only with `verify-full`.
+#[derive(Debug)]
+struct PgVerifier {
+    provider: Arc<CryptoProvider>,
+    /// Public roots plus `sslrootcert`; `None` when the chain is not checked.
+    chain: Option<Arc<WebPkiServerVerifier>>,
+    check_name: bool,
 }
 
-/// `require` (and `prefer`): encrypted, but any certificate is accepted, as
-/// in libpq and sqlx. The handshake's signatures are still checked, so the
-/// peer holds the key of the certificate it sent.
-#[derive(Debug)]
-struct Unverified(Arc<CryptoProvider>);
-
-impl ServerCertVerifier for Unverified {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
-}
-
-/// `verify-ca`: the chain must lead to a trusted root; the name the
-/// certificate was issued for is not compared with the host connected to.
-#[derive(Debug)]
-struct AnyName(Arc<WebPkiServerVerifier>);
-
-impl ServerCertVerifier for AnyName {
+impl ServerCertVerifier for PgVerifier {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -279,13 +210,13 @@ impl ServerCertVerifier for AnyName {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        match self
-            .0
-            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
-        {
+        let Some(chain) = &self.chain else {
+            return Ok(ServerCertVerified::assertion());
+        };
+        match chain.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now) {
             Err(rustls::Error::InvalidCertificate(
                 CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
-            )) => Ok(ServerCertVerified::assertion()),
+            )) if !self.check_name => Ok(ServerCertVerified::assertion()),
             other => other,
         }
     }
@@ -296,7 +227,8 @@ impl ServerCertVerifier for AnyName {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls12_signature(message, cert, dss)
+        let algorithms = &self.provider.signature_verification_algorithms;
+        rustls::crypto::verify_tls12_signature(message, cert, dss, algorithms)
     }
 
     fn verify_tls13_signature(
@@ -305,11 +237,14 @@ impl ServerCertVerifier for AnyName {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls13_signature(message, cert, dss)
+        let algorithms = &self.provider.signature_verification_algorithms;
+        rustls::crypto::verify_tls13_signature(message, cert, dss, algorithms)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.supported_verify_schemes()
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }
 
